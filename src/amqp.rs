@@ -1,0 +1,92 @@
+//! RabbitMQ connection and confirmed publishing.
+use crate::error::InfraError;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{LongString, ShortString};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, PublisherConfirm,
+};
+
+/// Connect to RabbitMQ. `name` shows up in the management UI.
+pub async fn connect(url: &str, name: &str) -> Result<Connection, lapin::Error> {
+    let props = ConnectionProperties::default().with_connection_name(LongString::from(name));
+    Connection::connect(url, props).await
+}
+
+/// A channel in confirm mode: every publish is confirmed by the broker.
+#[derive(Clone)]
+pub struct Publisher {
+    channel: Channel,
+}
+
+impl Publisher {
+    pub async fn open(conn: &Connection) -> Result<Publisher, lapin::Error> {
+        let channel = conn.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(Publisher { channel })
+    }
+
+    /// Publish and wait for the broker's confirm. A nack is an error.
+    pub async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        props: BasicProperties,
+    ) -> Result<(), InfraError> {
+        let pending = self.start(exchange, routing_key, body, props).await?;
+        pending.wait().await
+    }
+
+    /// Publish without waiting: the caller awaits the returned confirm later
+    /// (publishes on one channel are confirmed in order, so this pipelines).
+    pub async fn start(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        props: BasicProperties,
+    ) -> Result<PendingConfirm, InfraError> {
+        let confirm = self
+            .channel
+            .basic_publish(
+                ShortString::from(exchange),
+                ShortString::from(routing_key),
+                BasicPublishOptions::default(),
+                body,
+                props,
+            )
+            .await?;
+        Ok(PendingConfirm {
+            confirm,
+            target: exchange.to_string(),
+        })
+    }
+
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+}
+
+/// A publish the broker has not confirmed yet.
+pub struct PendingConfirm {
+    confirm: PublisherConfirm,
+    target: String,
+}
+
+impl PendingConfirm {
+    pub async fn wait(self) -> Result<(), InfraError> {
+        match self.confirm.await? {
+            Confirmation::Ack(_) | Confirmation::NotRequested => Ok(()),
+            Confirmation::Nack(_) => Err(InfraError::PublishNacked(self.target)),
+        }
+    }
+}
+
+/// Properties of a persistent JSON message.
+pub fn json_properties() -> BasicProperties {
+    BasicProperties::default()
+        .with_content_type(ShortString::from("application/json"))
+        .with_delivery_mode(2)
+}

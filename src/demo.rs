@@ -1,0 +1,122 @@
+//! `escalator demo`: the whole flow on the simulator, printed for a person.
+use crate::contract::{OutboundEvent, OutboundPayload};
+use crate::sandbox::{SALESFORCE_ORG, Sandbox, ZENDESK_ORG, sandbox_config};
+use crate::settings::Settings;
+use chrono::Utc;
+use serde_json::json;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+pub async fn run(settings: Settings) -> Result<(), String> {
+    println!("escalator demo");
+    println!("  RabbitMQ  {}", settings.amqp_url_redacted());
+    println!("  Redis     {}", settings.redis_url_redacted());
+    let sandbox = Sandbox::start(settings, sandbox_config).await?;
+    println!("  simulator {}  (Zendesk and Salesforce APIs)", sandbox.sim.base_url());
+    let result = scenario(&sandbox).await;
+    sandbox.stop().await;
+    if result.is_ok() {
+        println!("\ndemo finished: every step behaved as expected.");
+    }
+    result
+}
+
+async fn scenario(sandbox: &Sandbox) -> Result<(), String> {
+    let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+
+    // 1. Zendesk ticket.
+    let conv = format!("demo-{run}-zd");
+    let mut widget = sandbox.listen(&format!("{ZENDESK_ORG}.#")).await?;
+    println!("\n1. The AI agent escalates conversation {conv} to Zendesk (ticket mode)");
+    sandbox
+        .publish("escalation.requested", &format!("{conv}-escalation"), &escalation(ZENDESK_ORG, &conv))
+        .await?;
+    let event = expect(&mut widget, &conv).await?;
+    print_event(&event);
+    println!("\n2. The customer writes again; the message goes to the ticket as a comment");
+    let mut requests = sandbox.sim.subscribe();
+    sandbox
+        .publish(
+            "customer.message",
+            &format!("{conv}-m1"),
+            &json!({
+                "org_id": ZENDESK_ORG, "conversation_id": conv, "message_id": format!("{conv}-m1"),
+                "text": "Also, my order number is 4711.", "sent_at": Utc::now(),
+            }),
+        )
+        .await?;
+    tokio::time::timeout(WAIT, async {
+        while let Ok(r) = requests.recv().await {
+            if r.method == "PUT" && r.path.starts_with("/api/v2/tickets/") && r.status < 300 {
+                return;
+            }
+        }
+    })
+    .await
+    .map_err(|_| "the customer's message did not reach the ticket within 30 s".to_string())?;
+    if let Some(t) = sandbox.sim.zendesk_tickets().into_iter().find(|t| t.external_id.as_deref() == Some(conv.as_str())) {
+        println!("   ticket #{} now has {} comments (transcript + the customer's message)", t.id, t.comments.len());
+    }
+
+    // 2. Salesforce case.
+    let conv = format!("demo-{run}-sf");
+    let mut widget = sandbox.listen(&format!("{SALESFORCE_ORG}.#")).await?;
+    println!("\n3. The AI agent escalates conversation {conv} to Salesforce (Case)");
+    sandbox
+        .publish("escalation.requested", &format!("{conv}-escalation"), &escalation(SALESFORCE_ORG, &conv))
+        .await?;
+    let event = expect(&mut widget, &conv).await?;
+    print_event(&event);
+    Ok(())
+}
+
+fn escalation(org: &str, conv: &str) -> serde_json::Value {
+    let now = Utc::now();
+    json!({
+        "org_id": org,
+        "conversation_id": conv,
+        "mode": "ticket",
+        "customer": { "id": "cust-42", "name": "Ada Lovelace", "email": "ada@example.com" },
+        "subject": "Refund for a double charge",
+        "summary": "Customer was charged twice for order 4711 and wants a refund.",
+        "transcript": [
+            { "role": "customer", "text": "I was charged twice!", "sent_at": now },
+            { "role": "ai", "text": "Sorry about that. Let me get a human to help.", "sent_at": now },
+        ],
+        "context": { "plan": "pro", "locale": "en-GB", "page_url": "https://shop.example.com/orders/4711" },
+        "requested_at": now,
+    })
+}
+
+async fn expect(widget: &mut crate::sandbox::Listener, conv: &str) -> Result<OutboundEvent, String> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let Some(event) = widget.next(left).await else {
+            return Err(format!("no outbound event for {conv} within 30 s: is a worker stuck? run with RUST_LOG=info"));
+        };
+        if event.conversation_id != conv {
+            continue;
+        }
+        return match &event.payload {
+            OutboundPayload::EscalationFailed(f) => {
+                print_event(&event);
+                Err(format!("the escalation failed: {}", f.reason))
+            }
+            _ => Ok(event),
+        };
+    }
+}
+
+fn print_event(e: &OutboundEvent) {
+    let what = match &e.payload {
+        OutboundPayload::EscalationCreated(c) => {
+            let number = c.external_number.as_deref().map(|n| format!(" (number {n})")).unwrap_or_default();
+            format!("{:?} {}{number} created\n      agents open it at {}", c.external_kind, c.external_id, c.url)
+        }
+        OutboundPayload::EscalationFailed(f) => format!("failed: {}", f.reason),
+        other => format!("{other:?}"),
+    };
+    println!("   widget hears: {} #{} from {}: {what}", e.payload.event_type(), e.seq, e.provider);
+}

@@ -1,0 +1,159 @@
+//! Typed errors shared by providers and the pipeline.
+//!
+//! Every error says whether retrying can help ([`ErrorClass`]); the pipeline
+//! branches on that: transient errors are retried (in process, then via the
+//! broker's retry queue), permanent ones are dead-lettered at once.
+use std::time::Duration;
+
+/// Whether an error can go away by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorClass {
+    /// Network trouble, 5xx, 429, lock contention: retry with backoff.
+    Transient,
+    /// Validation, authentication, configuration, bad input: retrying cannot help.
+    Permanent,
+}
+
+impl ErrorClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorClass::Transient => "transient",
+            ErrorClass::Permanent => "permanent",
+        }
+    }
+}
+
+/// What went wrong at a provider, coarse enough to branch on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderErrorKind {
+    /// Connect, TLS, timeout, connection reset.
+    Network,
+    /// 429 or a provider-specific rate/limit error.
+    RateLimited,
+    /// 5xx or a provider "try again" error (e.g. Salesforce UNABLE_TO_LOCK_ROW).
+    Unavailable,
+    /// Credentials rejected (401/403) or token endpoint refused.
+    Authentication,
+    /// The access token expired; refresh and retry once.
+    SessionExpired,
+    /// The provider rejected the request's content (400/422).
+    Validation,
+    /// The addressed record does not exist (404).
+    NotFound,
+    /// An idempotency key was reused with a different request body.
+    IdempotencyConflict,
+    /// The org's configuration cannot work (wrong domain, missing setup).
+    Configuration,
+    /// An answer we could not understand.
+    Protocol,
+}
+
+/// An error from a provider API call.
+///
+/// `message` is safe to log and to show: it never contains secrets, message
+/// text or customer contact data.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{provider}: {message}")]
+pub struct ProviderError {
+    pub provider: &'static str,
+    pub class: ErrorClass,
+    pub kind: ProviderErrorKind,
+    pub status: Option<u16>,
+    pub message: String,
+    /// The provider asked us to wait this long (Retry-After) or, for limits
+    /// without such a header, the configured back-off.
+    pub retry_after: Option<Duration>,
+}
+
+impl ProviderError {
+    pub fn new(
+        provider: &'static str,
+        class: ErrorClass,
+        kind: ProviderErrorKind,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            provider,
+            class,
+            kind,
+            status: None,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn transient(
+        provider: &'static str,
+        kind: ProviderErrorKind,
+        message: impl Into<String>,
+    ) -> Self {
+        Self::new(provider, ErrorClass::Transient, kind, message)
+    }
+
+    pub fn permanent(
+        provider: &'static str,
+        kind: ProviderErrorKind,
+        message: impl Into<String>,
+    ) -> Self {
+        Self::new(provider, ErrorClass::Permanent, kind, message)
+    }
+
+    pub fn with_status(mut self, status: u16) -> Self {
+        self.status = Some(status);
+        self
+    }
+
+    pub fn with_retry_after(mut self, retry_after: Option<Duration>) -> Self {
+        self.retry_after = retry_after;
+        self
+    }
+
+    pub fn is_transient(&self) -> bool {
+        self.class == ErrorClass::Transient
+    }
+}
+
+/// Trouble with our own infrastructure (Redis, RabbitMQ). Always transient:
+/// the pipeline waits for it to come back instead of failing the message.
+#[derive(Debug, thiserror::Error)]
+pub enum InfraError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("amqp: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("amqp: the broker refused (nacked) a publish to {0}")]
+    PublishNacked(String),
+    #[error("stored state is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// Why handling one inbound message failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+    #[error(transparent)]
+    Infra(#[from] InfraError),
+    /// The message cannot be handled as it is (e.g. a customer message for a
+    /// conversation that was never escalated). Permanent.
+    #[error("{0}")]
+    Rejected(String),
+}
+
+impl From<redis::RedisError> for ProcessError {
+    fn from(e: redis::RedisError) -> Self {
+        ProcessError::Infra(InfraError::Redis(e))
+    }
+}
+
+impl ProcessError {
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            ProcessError::Provider(e) => e.class,
+            ProcessError::Infra(_) => ErrorClass::Transient,
+            ProcessError::Rejected(_) => ErrorClass::Permanent,
+        }
+    }
+}

@@ -1,0 +1,54 @@
+//! Dead letters: the original body, properties and routing key, plus why.
+use super::meta::{self, Meta};
+use crate::amqp::{PendingConfirm, Publisher};
+use crate::error::InfraError;
+use crate::topology::DEAD_LETTER_EXCHANGE;
+use chrono::Utc;
+use lapin::BasicProperties;
+
+/// Why a message is dead-lettered.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    /// `permanent` (provider said no), `transient` (retries exhausted) or
+    /// `invalid` (the message itself is unusable).
+    pub error_class: &'static str,
+    /// Human reason; never contains secrets or customer text.
+    pub reason: String,
+    /// Where it was decided: `intake` or `worker`.
+    pub stage: &'static str,
+}
+
+/// Start publishing a dead letter (the caller awaits the confirm, then acks
+/// the original). `routing_key` is the message's original inbound routing key.
+pub async fn start(
+    publisher: &Publisher,
+    routing_key: &str,
+    body: &[u8],
+    props: BasicProperties,
+    meta: &Meta,
+    verdict: &Verdict,
+) -> Result<PendingConfirm, InfraError> {
+    let now = Utc::now();
+    let mut m = meta.clone();
+    m.routing_key = routing_key.to_string();
+    // The last round counts as a failure too.
+    m.failed(&verdict.reason, now);
+    let props = m.write(props);
+    let mut h = props.headers().clone().unwrap_or_default();
+    meta::set_str(&mut h, meta::H_ERROR_CLASS, verdict.error_class);
+    meta::set_str(&mut h, meta::H_REASON, &verdict.reason);
+    meta::set_str(&mut h, meta::H_STAGE, verdict.stage);
+    meta::set_int(&mut h, meta::H_DEAD_LETTERED_AT, now.timestamp_millis());
+    let props = props.with_headers(h);
+    tracing::warn!(
+        routing_key,
+        error_class = verdict.error_class,
+        stage = verdict.stage,
+        attempts = m.attempts,
+        reason = %verdict.reason,
+        "dead-lettering message"
+    );
+    publisher
+        .start(DEAD_LETTER_EXCHANGE, routing_key, body, props)
+        .await
+}

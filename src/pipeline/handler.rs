@@ -1,0 +1,169 @@
+//! Handling of one work item: dedupe, per-conversation order across retries,
+//! the effect, then outbound events, and the item's fate (done, parked in the
+//! retry queue, or dead-lettered).
+use super::dead_letter::{self, Verdict};
+use super::effects;
+use super::meta::Meta;
+use super::{Context, outbound};
+use crate::amqp::Publisher;
+use crate::contract::{EscalationFailed, InboundEvent, OutboundPayload, ProviderKind};
+use crate::error::{ErrorClass, InfraError, ProcessError};
+use crate::store::Admission;
+use crate::topology::RETRY_EXCHANGE;
+use chrono::Utc;
+use lapin::BasicProperties;
+use lapin::types::ShortString;
+use std::time::Duration;
+
+/// One message from a work queue, parsed.
+#[derive(Debug, Clone)]
+pub struct WorkItem {
+    pub meta: Meta,
+    pub event: InboundEvent,
+    pub body: Vec<u8>,
+    pub props: BasicProperties,
+    /// The routing key it came with on `escalator.work` (its shard).
+    pub shard_key: String,
+}
+
+/// What became of an item (all of them end with an ack).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fate {
+    Done,
+    Duplicate,
+    Parked,
+    DeadLettered,
+}
+
+/// Handle one item. `Err` means our infrastructure failed: nothing was
+/// decided, the caller must not ack and should try again later.
+pub async fn handle(ctx: &Context, publisher: &Publisher, item: &WorkItem) -> Result<Fate, InfraError> {
+    let m = &item.meta;
+    let (org, conv, id) = (m.org_id.as_str(), m.conversation_id.as_str(), m.dedupe_id.as_str());
+    if ctx.store.is_done(org, conv, id).await? {
+        tracing::info!("duplicate message, already handled");
+        return Ok(Fate::Duplicate);
+    }
+    match ctx.store.admit(org, conv, id).await? {
+        Admission::Proceed | Admission::Head if m.not_before.is_some_and(|t| t > Utc::now()) => {
+            // Back from the retry queue before its backoff is over: another round.
+            ctx.store.park(org, conv, id).await?;
+            park(ctx, publisher, item, m.clone()).await?;
+            return Ok(Fate::Parked);
+        }
+        Admission::Proceed | Admission::Head => {}
+        Admission::Wait => {
+            tracing::info!("an earlier message of this conversation waits for a retry: queuing behind it");
+            park(ctx, publisher, item, m.clone()).await?;
+            return Ok(Fate::Parked);
+        }
+    }
+
+    let provider = effects::provider_of(ctx, org, requested_provider(&item.event));
+    let result = match &item.event {
+        InboundEvent::EscalationRequested(e) => effects::escalate(ctx, e).await,
+        InboundEvent::CustomerMessage(msg) => effects::relay_customer_message(ctx, msg).await,
+        // A ticket has no typing indicator and nothing to close: accepted, no effect.
+        InboundEvent::CustomerTyping(_) | InboundEvent::CustomerEnded(_) => Ok(vec![]),
+        InboundEvent::WebhookZendesk(_) | InboundEvent::WebhookSunshine(_) => Err(ProcessError::Rejected(
+            "webhooks are not handled by this version".into(),
+        )),
+    };
+    let provider = provider.unwrap_or(ProviderKind::Zendesk);
+
+    match result {
+        Ok(events) => {
+            outbound::publish(&ctx.store, publisher, org, conv, provider, id, events).await?;
+            ctx.store.mark_done(org, conv, id).await?;
+            ctx.store.release(org, conv, id).await?;
+            Ok(Fate::Done)
+        }
+        Err(ProcessError::Infra(e)) => Err(e),
+        Err(err) => {
+            let class = err.class();
+            let reason = err.to_string();
+            let mut next = m.clone();
+            next.failed(&reason, Utc::now());
+            if class == ErrorClass::Transient && next.attempts < ctx.settings.broker_attempts {
+                let wait = broker_backoff(ctx, next.attempts, retry_after(&err));
+                next.not_before = Some(Utc::now() + wait);
+                tracing::warn!(attempts = next.attempts, wait_ms = wait.as_millis() as u64, error = %reason, "transient failure: retrying later via the retry queue");
+                ctx.store.park(org, conv, id).await?;
+                park(ctx, publisher, item, next).await?;
+                return Ok(Fate::Parked);
+            }
+            let verdict = Verdict {
+                error_class: match class {
+                    ErrorClass::Permanent => "permanent",
+                    ErrorClass::Transient => "transient",
+                },
+                reason: if class == ErrorClass::Transient {
+                    format!("gave up after {} attempts: {reason}", m.attempts + 1)
+                } else {
+                    reason.clone()
+                },
+                stage: "worker",
+            };
+            dead_letter::start(publisher, &m.routing_key, &item.body, item.props.clone(), m, &verdict)
+                .await?
+                .wait()
+                .await?;
+            let failed = OutboundPayload::EscalationFailed(EscalationFailed {
+                reason: widget_reason(&err),
+                error_class: class,
+                failed_event: m.routing_key.clone(),
+            });
+            outbound::publish(&ctx.store, publisher, org, conv, provider, id, vec![failed]).await?;
+            // Not marked done: a replay from the dead-letter queue runs again.
+            ctx.store.release(org, conv, id).await?;
+            Ok(Fate::DeadLettered)
+        }
+    }
+}
+
+fn requested_provider(e: &InboundEvent) -> Option<ProviderKind> {
+    match e {
+        InboundEvent::EscalationRequested(e) => e.provider,
+        _ => None,
+    }
+}
+
+fn retry_after(err: &ProcessError) -> Option<Duration> {
+    match err {
+        ProcessError::Provider(p) => p.retry_after,
+        _ => None,
+    }
+}
+
+/// Wait before broker round `n` (1-based): base * 2^(n-1), at least what the
+/// provider asked for, at most an hour, with ±20 % jitter.
+fn broker_backoff(ctx: &Context, n: u32, asked: Option<Duration>) -> Duration {
+    let base = ctx.settings.retry_delay();
+    let exp = base.saturating_mul(1u32 << n.saturating_sub(1).min(16));
+    let jitter = 0.8 + rand::random::<f64>() * 0.4;
+    let wait = exp.mul_f64(jitter).max(asked.unwrap_or_default());
+    wait.min(Duration::from_secs(3600))
+}
+
+/// A reason the widget can show the customer's agent-facing UI.
+fn widget_reason(err: &ProcessError) -> String {
+    match err {
+        ProcessError::Provider(p) if p.is_transient() => {
+            format!("{} is not reachable right now; the escalation could not be delivered", p.provider)
+        }
+        ProcessError::Provider(p) => format!("{} refused the escalation: {}", p.provider, p.message),
+        other => other.to_string(),
+    }
+}
+
+/// Send the item to the retry queue (it comes back to its shard after the
+/// retry delay) and return when the broker confirmed.
+async fn park(ctx: &Context, publisher: &Publisher, item: &WorkItem, meta: Meta) -> Result<(), InfraError> {
+    let delay = ctx.settings.retry_delay().as_millis().max(1);
+    let props = meta
+        .write(item.props.clone())
+        .with_expiration(ShortString::from(delay.to_string()));
+    publisher
+        .publish(RETRY_EXCHANGE, &item.shard_key, &item.body, props)
+        .await
+}

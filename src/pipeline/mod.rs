@@ -1,0 +1,41 @@
+//! The worker pipeline, from `main` down:
+//!
+//! 1. [`service::Worker::run`] keeps a RabbitMQ session alive (connect,
+//!    declare the topology, consume; reconnect on failure; drain on SIGTERM).
+//! 2. [`intake`] routes each inbound message, in publish order, to the work
+//!    shard of its conversation, or dead-letters it when it is unusable.
+//! 3. [`shard`] consumes the shards, one lane per conversation.
+//! 4. [`handler`] decides each message's fate; [`effects`] makes the provider
+//!    calls exactly once; [`outbound`] tells the widget; [`dead_letter`] keeps
+//!    what failed, with why.
+pub mod dead_letter;
+pub mod effects;
+pub mod handler;
+pub mod intake;
+pub mod membership;
+pub mod meta;
+pub mod outbound;
+pub mod service;
+pub mod shard;
+
+use crate::config::Config;
+use crate::provider::Providers;
+use crate::provider::retry::RetryPolicy;
+use crate::schema::Schemas;
+use crate::settings::Settings;
+use crate::store::Store;
+use std::time::Duration;
+
+/// Everything a worker shares between its tasks.
+pub struct Context {
+    pub settings: Settings,
+    pub config: Config,
+    pub schemas: Schemas,
+    pub store: Store,
+    pub providers: Providers,
+    pub retry: RetryPolicy,
+    /// Unique per process: consumer tags, membership.
+    pub instance_id: String,
+    /// Pause before subscribing to non-preferred shards.
+    pub standby_delay: Duration,
+}

@@ -1,0 +1,126 @@
+//! The worker service: one RabbitMQ session at a time, re-established after
+//! any failure, drained on shutdown.
+use super::{Context, intake, membership, shard};
+use crate::amqp::{self, Publisher};
+use crate::config::Config;
+use crate::error::InfraError;
+use crate::provider::retry::RetryPolicy;
+use crate::provider::{HttpSettings, Providers};
+use crate::schema::Schemas;
+use crate::settings::Settings;
+use crate::store::Store;
+use crate::topology::Topology;
+use lapin::types::ShortString;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Why the worker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot reach Redis at {url}: {source}. Start it, e.g.: redis-server --daemonize yes")]
+    Redis { url: String, source: redis::RedisError },
+    #[error("cannot reach RabbitMQ at {url}: {source}. Start it, e.g.: rabbitmq-server -detached")]
+    Amqp { url: String, source: lapin::Error },
+    #[error("cannot declare the AMQP topology: {0}")]
+    Topology(lapin::Error),
+    #[error("{0}")]
+    Setup(String),
+}
+
+pub struct Worker {
+    ctx: Arc<Context>,
+}
+
+impl Worker {
+    /// Connect to Redis and build the provider clients. RabbitMQ is checked
+    /// once too, so that a wrong URL fails at start instead of looping.
+    pub async fn start(settings: Settings, config: Config) -> Result<Worker, StartError> {
+        let store = Store::connect(&settings.redis_url, &settings.key_prefix, settings.state_ttl())
+            .await
+            .map_err(|source| StartError::Redis { url: settings.redis_url_redacted(), source })?;
+        store
+            .ping()
+            .await
+            .map_err(|source| StartError::Redis { url: settings.redis_url_redacted(), source })?;
+        let schemas = Schemas::load().map_err(|e| StartError::Setup(format!("schemas: {e}")))?;
+        let http = HttpSettings { timeout: Duration::from_millis(settings.http_timeout_ms) };
+        let providers = Providers::build(&config, &store, &http).map_err(StartError::Setup)?;
+        let conn = amqp::connect(&settings.amqp_url, "escalator-worker-check")
+            .await
+            .map_err(|source| StartError::Amqp { url: settings.amqp_url_redacted(), source })?;
+        let channel = conn.create_channel().await.map_err(StartError::Topology)?;
+        Topology::new(settings.shards, settings.delivery_limit)
+            .declare(&channel)
+            .await
+            .map_err(StartError::Topology)?;
+        let _ = conn.close(200, ShortString::from("checked")).await;
+        let ctx = Context {
+            retry: RetryPolicy::from_settings(&settings),
+            settings,
+            config,
+            schemas,
+            store,
+            providers,
+            instance_id: uuid::Uuid::new_v4().simple().to_string()[..12].to_string(),
+            standby_delay: Duration::from_secs(2),
+        };
+        Ok(Worker { ctx: Arc::new(ctx) })
+    }
+
+    pub fn context(&self) -> &Arc<Context> {
+        &self.ctx
+    }
+
+    /// Run until `stop` is cancelled; then finish or requeue in-flight
+    /// messages and return.
+    pub async fn run(&self, stop: CancellationToken) {
+        let ctx = &self.ctx;
+        tracing::info!(instance = %ctx.instance_id, amqp = %ctx.settings.amqp_url_redacted(), shards = ctx.settings.shards, "worker starting");
+        let heartbeat = membership::spawn_heartbeat(ctx.store.clone(), ctx.instance_id.clone());
+        let mut backoff = Duration::from_millis(250);
+        while !stop.is_cancelled() {
+            match self.session(&stop).await {
+                Ok(()) => backoff = Duration::from_millis(250),
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "RabbitMQ session ended: reconnecting");
+                    tokio::select! {
+                        _ = stop.cancelled() => {}
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(15));
+                }
+            }
+        }
+        heartbeat.abort();
+        membership::leave(&ctx.store, &ctx.instance_id).await;
+        tracing::info!("worker stopped");
+    }
+
+    async fn session(&self, stop: &CancellationToken) -> Result<(), InfraError> {
+        let ctx = &self.ctx;
+        let conn = amqp::connect(&ctx.settings.amqp_url, &format!("escalator-worker-{}", ctx.instance_id)).await?;
+        let channel = conn.create_channel().await?;
+        Topology::new(ctx.settings.shards, ctx.settings.delivery_limit)
+            .declare(&channel)
+            .await?;
+        let publisher = Publisher::open(&conn).await?;
+        let live = membership::heartbeat(&ctx.store, &ctx.instance_id)
+            .await
+            .unwrap_or_else(|_| vec![ctx.instance_id.clone()]);
+        let (order, preferred) = membership::shard_order(&ctx.instance_id, &live, ctx.settings.shards);
+        tracing::info!(preferred_shards = ?&order[..preferred], "connected to RabbitMQ, consuming");
+
+        let session = stop.child_token();
+        let intake = intake::run(ctx, &conn, session.clone());
+        let shards = shard::run(ctx.clone(), &conn, publisher, order, preferred, session.clone());
+        tokio::pin!(intake);
+        tokio::pin!(shards);
+        let result = tokio::select! {
+            r = &mut intake => { session.cancel(); let r2 = shards.await; r.and(r2) }
+            r = &mut shards => { session.cancel(); let r2 = intake.await; r.and(r2) }
+        };
+        let _ = conn.close(200, ShortString::from("bye")).await;
+        result
+    }
+}

@@ -1,0 +1,67 @@
+//! HTTP plumbing shared by provider clients: one client, and the mapping of
+//! transport errors and status codes to [`ProviderError`]s.
+use crate::error::{ErrorClass, ProviderError, ProviderErrorKind};
+use std::time::Duration;
+
+pub fn client(timeout: Duration) -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(Duration::from_secs(5).min(timeout))
+        .user_agent(concat!("escalator/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))
+}
+
+/// A transport-level failure (no HTTP answer). Always transient. The message
+/// names the host and path only: URLs never carry secrets here, and query
+/// strings may carry customer data, so they are dropped.
+pub fn transport_error(provider: &'static str, err: &reqwest::Error) -> ProviderError {
+    let what = if err.is_timeout() {
+        "timed out"
+    } else if err.is_connect() {
+        "connection failed"
+    } else {
+        "connection broke"
+    };
+    let target = err
+        .url()
+        .map(|u| format!(" ({} {})", u.host_str().unwrap_or("?"), u.path()))
+        .unwrap_or_default();
+    ProviderError::transient(provider, ProviderErrorKind::Network, format!("request {what}{target}"))
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is rare at these APIs and
+/// treated as absent).
+pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(|s| Duration::from_secs_f64(s.min(86_400.0)))
+}
+
+/// Default class and kind for an HTTP status.
+pub fn classify_status(status: u16) -> (ErrorClass, ProviderErrorKind) {
+    match status {
+        429 => (ErrorClass::Transient, ProviderErrorKind::RateLimited),
+        408 | 500..=599 => (ErrorClass::Transient, ProviderErrorKind::Unavailable),
+        401 | 403 => (ErrorClass::Permanent, ProviderErrorKind::Authentication),
+        404 => (ErrorClass::Permanent, ProviderErrorKind::NotFound),
+        _ => (ErrorClass::Permanent, ProviderErrorKind::Validation),
+    }
+}
+
+/// Cut a provider's error text to a loggable size.
+pub fn clip(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_string()
+    } else {
+        let mut out: String = s.chars().take(max).collect();
+        out.push('…');
+        out
+    }
+}

@@ -1,0 +1,105 @@
+//! Provider clients behind one trait, so the pipeline does not care whether a
+//! ticket is a Zendesk ticket or a Salesforce Case.
+pub mod http;
+pub mod salesforce;
+pub mod retry;
+pub mod transcript;
+pub mod zendesk;
+
+use crate::config::{Config, OrgConfig};
+use crate::contract::{CustomerMessage, EscalationRequested, ProviderKind};
+use crate::error::{ProviderError, ProviderErrorKind};
+use crate::store::{ExternalRef, Store};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What a ticket provider needs to create a ticket or case.
+#[derive(Debug, Clone, Copy)]
+pub struct TicketRequest<'a> {
+    pub org: &'a OrgConfig,
+    pub escalation: &'a EscalationRequested,
+    /// Why a live request became a ticket, when it did.
+    pub fallback_reason: Option<&'a str>,
+}
+
+/// The asynchronous path: a ticket (Zendesk) or a Case (Salesforce).
+///
+/// Creation must be idempotent per conversation: the pipeline calls
+/// `find_ticket` before `create_ticket` whenever an earlier attempt may have
+/// reached the provider, and `create_ticket` itself should use the provider's
+/// own idempotency mechanism when there is one.
+#[async_trait::async_trait]
+pub trait TicketProvider: Send + Sync {
+    fn kind(&self) -> ProviderKind;
+
+    /// Create the ticket or case for this escalation.
+    async fn create_ticket(&self, req: TicketRequest<'_>) -> Result<ExternalRef, ProviderError>;
+
+    /// Find a ticket an earlier (crashed) attempt may have created.
+    async fn find_ticket(&self, req: TicketRequest<'_>) -> Result<Option<ExternalRef>, ProviderError>;
+
+    /// Add a later customer message to the ticket.
+    async fn add_customer_message(
+        &self,
+        ticket: &ExternalRef,
+        msg: &CustomerMessage,
+    ) -> Result<(), ProviderError>;
+
+    /// Whether an earlier (crashed) attempt already added this message.
+    async fn has_customer_message(
+        &self,
+        ticket: &ExternalRef,
+        msg: &CustomerMessage,
+    ) -> Result<bool, ProviderError>;
+}
+
+/// Shared HTTP settings of all provider clients.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    pub timeout: Duration,
+}
+
+/// Ticket providers of every configured org, built once at start.
+#[derive(Clone, Default)]
+pub struct Providers {
+    tickets: HashMap<(String, ProviderKind), Arc<dyn TicketProvider>>,
+}
+
+impl Providers {
+    pub fn build(config: &Config, store: &Store, http: &HttpSettings) -> Result<Providers, String> {
+        let client = http::client(http.timeout)?;
+        let mut tickets: HashMap<(String, ProviderKind), Arc<dyn TicketProvider>> = HashMap::new();
+        for org in config.orgs() {
+            if let Some(z) = org.zendesk() {
+                tickets.insert(
+                    (org.org_id.clone(), ProviderKind::Zendesk),
+                    Arc::new(zendesk::ZendeskClient::new(client.clone(), z.clone())),
+                );
+            }
+            if let Some(s) = org.salesforce() {
+                tickets.insert(
+                    (org.org_id.clone(), ProviderKind::Salesforce),
+                    Arc::new(salesforce::SalesforceClient::new(
+                        client.clone(),
+                        &org.org_id,
+                        s.clone(),
+                        store.clone(),
+                    )),
+                );
+            }
+        }
+        Ok(Providers { tickets })
+    }
+
+    /// The ticket provider of `org` for `kind`, or a permanent configuration error.
+    pub fn ticket(&self, org: &str, kind: ProviderKind) -> Result<Arc<dyn TicketProvider>, ProviderError> {
+        self.tickets.get(&(org.to_string(), kind)).cloned().ok_or_else(|| {
+            ProviderError::permanent(
+                kind.as_str(),
+                ProviderErrorKind::Configuration,
+                format!("org {org} has no {kind} settings: add [orgs.{org}.{kind}] to the config"),
+            )
+        })
+    }
+}

@@ -1,0 +1,158 @@
+//! An in-process sandbox: the provider simulator, a worker configured with
+//! sandbox orgs that point at it, and helpers to publish inbound events and
+//! listen to outbound ones. The demo, the benchmark and the tests use it.
+use crate::amqp::{self, Publisher, json_properties};
+use crate::config::Config;
+use crate::contract::OutboundEvent;
+use crate::pipeline::service::Worker;
+use crate::settings::Settings;
+use crate::sim::{self, SimHandle, SimSettings};
+use crate::topology::{INBOUND_EXCHANGE, OUTBOUND_EXCHANGE};
+use futures_util::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{FieldTable, ShortString};
+use lapin::{Connection, Consumer};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+pub const ZENDESK_ORG: &str = "sandbox-zendesk";
+pub const SALESFORCE_ORG: &str = "sandbox-salesforce";
+
+/// Config of the sandbox orgs, pointing at the simulator at `sim_url`.
+pub fn sandbox_config(sim_url: &str) -> String {
+    format!(
+        r#"
+[orgs.{ZENDESK_ORG}]
+provider = "zendesk"
+
+[orgs.{ZENDESK_ORG}.zendesk]
+subdomain = "sandbox"
+email = "agent@example.com"
+api_token = "sim-zendesk-token"
+base_url = "{sim_url}"
+assignee_id = 1000
+group_id = 77
+tags = ["escalator", "ai_handoff"]
+
+[orgs.{SALESFORCE_ORG}]
+provider = "salesforce"
+
+[orgs.{SALESFORCE_ORG}.salesforce]
+my_domain = "{sim_url}"
+client_id = "sim-client-id"
+client_secret = "sim-client-secret"
+origin = "Chat"
+priority = "Medium"
+"#
+    )
+}
+
+pub struct Sandbox {
+    pub sim: SimHandle,
+    pub settings: Settings,
+    pub worker: Arc<Worker>,
+    conn: Connection,
+    publisher: Publisher,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Sandbox {
+    /// Start the simulator and a worker. `config` maps the simulator's base
+    /// URL to the config text (use [`sandbox_config`] for the default orgs).
+    pub async fn start(settings: Settings, config: impl FnOnce(&str) -> String) -> Result<Sandbox, String> {
+        let sim = sim::start(([127, 0, 0, 1], 0).into(), SimSettings::default())
+            .await
+            .map_err(|e| format!("cannot start the simulator: {e}"))?;
+        let text = config(&sim.base_url());
+        let config = Config::parse(&text, "sandbox", &|n| std::env::var(n).ok()).map_err(|e| e.to_string())?;
+        Self::start_with(settings, config, sim).await
+    }
+
+    pub async fn start_with(settings: Settings, config: Config, sim: SimHandle) -> Result<Sandbox, String> {
+        let worker = Arc::new(Worker::start(settings.clone(), config).await.map_err(|e| e.to_string())?);
+        let conn = amqp::connect(&settings.amqp_url, "escalator-sandbox")
+            .await
+            .map_err(|e| format!("cannot reach RabbitMQ at {}: {e}", settings.amqp_url_redacted()))?;
+        let publisher = Publisher::open(&conn).await.map_err(|e| e.to_string())?;
+        let stop = CancellationToken::new();
+        let task = {
+            let worker = worker.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move { worker.run(stop).await })
+        };
+        Ok(Sandbox { sim, settings, worker, conn, publisher, stop, task })
+    }
+
+    /// Publish an inbound event as a producer would (persistent JSON with a message id).
+    pub async fn publish(&self, routing_key: &str, message_id: &str, body: &serde_json::Value) -> Result<(), String> {
+        let bytes = serde_json::to_vec(body).map_err(|e| e.to_string())?;
+        self.publish_raw(routing_key, Some(message_id), &bytes).await
+    }
+
+    pub async fn publish_raw(&self, routing_key: &str, message_id: Option<&str>, body: &[u8]) -> Result<(), String> {
+        let mut props = json_properties();
+        if let Some(id) = message_id {
+            props = props.with_message_id(ShortString::from(id));
+        }
+        self.publisher
+            .publish(INBOUND_EXCHANGE, routing_key, body, props)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Listen to outbound events matching `binding` (e.g. `sandbox-zendesk.#`).
+    pub async fn listen(&self, binding: &str) -> Result<Listener, String> {
+        Listener::open(&self.conn, binding).await
+    }
+
+    /// Stop the worker (graceful) and the simulator.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+        let _ = self.conn.close(200, ShortString::from("bye")).await;
+        self.sim.shutdown().await;
+    }
+}
+
+/// An exclusive, auto-deleted queue bound to `escalator.outbound`.
+pub struct Listener {
+    consumer: Consumer,
+}
+
+impl Listener {
+    pub async fn open(conn: &Connection, binding: &str) -> Result<Listener, String> {
+        let channel = conn.create_channel().await.map_err(|e| e.to_string())?;
+        let queue = channel
+            .queue_declare(
+                ShortString::from(""),
+                QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        channel
+            .queue_bind(
+                queue.name().clone(),
+                ShortString::from(OUTBOUND_EXCHANGE),
+                ShortString::from(binding),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let consumer = channel
+            .basic_consume(queue.name().clone(), ShortString::from(""), BasicConsumeOptions::default(), FieldTable::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Listener { consumer })
+    }
+
+    /// The next event, or `None` after `timeout`.
+    pub async fn next(&mut self, timeout: Duration) -> Option<OutboundEvent> {
+        let delivery = tokio::time::timeout(timeout, self.consumer.next()).await.ok()??.ok()?;
+        let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+        serde_json::from_slice(&delivery.data).ok()
+    }
+}

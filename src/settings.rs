@@ -1,0 +1,129 @@
+//! Process settings: environment variables (or flags) with loopback defaults.
+use std::time::Duration;
+
+/// Settings shared by every subcommand that talks to RabbitMQ and Redis.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Settings {
+    /// AMQP URL of RabbitMQ (the password is never printed).
+    #[arg(long, env = "ESCALATOR_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    pub amqp_url: String,
+    /// Redis URL.
+    #[arg(long, env = "ESCALATOR_REDIS_URL", default_value = "redis://127.0.0.1:6379/")]
+    pub redis_url: String,
+    /// Prefix of every Redis key this process writes.
+    #[arg(long, env = "ESCALATOR_KEY_PREFIX", default_value = "escalator")]
+    pub key_prefix: String,
+    /// Messages each consumer may hold unacknowledged (AMQP prefetch).
+    #[arg(long, env = "ESCALATOR_PREFETCH", default_value_t = 64)]
+    pub prefetch: u16,
+    /// Messages processed at the same time by one worker (across conversations).
+    #[arg(long, env = "ESCALATOR_CONCURRENCY", default_value_t = 32)]
+    pub concurrency: usize,
+    /// Number of work shards (queues `escalator.work.NN`). Fixed per deployment.
+    #[arg(long, env = "ESCALATOR_SHARDS", default_value_t = 16)]
+    pub shards: u16,
+    /// Provider attempts made in process before a message goes to the retry queue.
+    #[arg(long, env = "ESCALATOR_INLINE_ATTEMPTS", default_value_t = 4)]
+    pub inline_attempts: u32,
+    /// Longest Retry-After honoured by waiting in process; longer waits use the retry queue.
+    #[arg(long, env = "ESCALATOR_MAX_INLINE_WAIT_MS", default_value_t = 30_000)]
+    pub max_inline_wait_ms: u64,
+    /// Rounds through the broker's retry queue before a transient failure is dead-lettered.
+    #[arg(long, env = "ESCALATOR_BROKER_ATTEMPTS", default_value_t = 6)]
+    pub broker_attempts: u32,
+    /// Base delay of a broker retry round; round n waits base * 2^(n-1).
+    #[arg(long, env = "ESCALATOR_RETRY_DELAY_MS", default_value_t = 30_000)]
+    pub retry_delay_ms: u64,
+    /// First in-process backoff step (grows exponentially, with jitter).
+    #[arg(long, env = "ESCALATOR_BACKOFF_MIN_MS", default_value_t = 250)]
+    pub backoff_min_ms: u64,
+    /// Largest in-process backoff step.
+    #[arg(long, env = "ESCALATOR_BACKOFF_MAX_MS", default_value_t = 8_000)]
+    pub backoff_max_ms: u64,
+    /// Timeout of one provider HTTP request.
+    #[arg(long, env = "ESCALATOR_HTTP_TIMEOUT_MS", default_value_t = 15_000)]
+    pub http_timeout_ms: u64,
+    /// On SIGTERM, how long in-flight messages may take before they are requeued.
+    #[arg(long, env = "ESCALATOR_SHUTDOWN_GRACE_MS", default_value_t = 20_000)]
+    pub shutdown_grace_ms: u64,
+    /// Broker delivery limit of the work queues (poison-message guard).
+    #[arg(long, env = "ESCALATOR_DELIVERY_LIMIT", default_value_t = 20)]
+    pub delivery_limit: u32,
+    /// How long conversation state and dedupe records live in Redis, in days.
+    #[arg(long, env = "ESCALATOR_STATE_TTL_DAYS", default_value_t = 90)]
+    pub state_ttl_days: u64,
+}
+
+impl Settings {
+    /// Settings from the environment alone (no flags), for tests, the demo and
+    /// the benchmark. Fails with clap's message when a variable does not parse.
+    pub fn from_env() -> Result<Self, String> {
+        #[derive(clap::Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            settings: Settings,
+        }
+        <Wrapper as clap::Parser>::try_parse_from(["escalator"])
+            .map(|w| w.settings)
+            .map_err(|e| e.to_string())
+    }
+
+    pub fn retry_delay(&self) -> Duration {
+        Duration::from_millis(self.retry_delay_ms)
+    }
+
+    pub fn max_inline_wait(&self) -> Duration {
+        Duration::from_millis(self.max_inline_wait_ms)
+    }
+
+    pub fn state_ttl(&self) -> Duration {
+        Duration::from_secs(self.state_ttl_days * 86_400)
+    }
+
+    /// The AMQP URL with any password replaced, for logs and messages.
+    pub fn amqp_url_redacted(&self) -> String {
+        redact_url(&self.amqp_url)
+    }
+
+    pub fn redis_url_redacted(&self) -> String {
+        redact_url(&self.redis_url)
+    }
+}
+
+/// `scheme://user:pass@host/...` -> `scheme://user:<redacted>@host/...`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            let masked = if userinfo.contains(':') {
+                format!("{user}:<redacted>")
+            } else {
+                user.to_string()
+            };
+            format!("{scheme}://{masked}@{host}{path}")
+        }
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords_in_urls() {
+        assert_eq!(
+            redact_url("amqp://guest:secret@127.0.0.1:5672/%2f"),
+            "amqp://guest:<redacted>@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(redact_url("redis://127.0.0.1:6379/"), "redis://127.0.0.1:6379/");
+        assert_eq!(redact_url("redis://:pw@h:1/0"), "redis://:<redacted>@h:1/0");
+    }
+}

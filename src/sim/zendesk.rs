@@ -1,0 +1,501 @@
+//! Zendesk Support tickets API (the subset the escalator uses).
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::{Map, Value, json};
+
+use super::state::{Req, Shared, SimResponse};
+use super::types::{SimComment, SimTicket};
+use super::util::{basic_credentials, query_param, sha256_hex};
+
+/// The authenticated agent's user id (submitter, default comment author).
+pub(crate) const AGENT_USER_ID: u64 = 1000;
+/// Value of `X-Rate-Limit`.
+pub(crate) const RATE_LIMIT: u32 = 700;
+const MAX_IDEMPOTENCY_KEY: usize = 255;
+const MAX_SUBJECT: usize = 255;
+
+#[derive(Clone, Debug)]
+struct User {
+    name: Option<String>,
+    email: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+struct IdempotencyEntry {
+    body_hash: String,
+    response: SimResponse,
+}
+
+pub(crate) struct ZendeskState {
+    users: HashMap<u64, User>,
+    user_by_email: HashMap<String, u64>,
+    pub(crate) tickets: BTreeMap<u64, SimTicket>,
+    idempotency: HashMap<String, IdempotencyEntry>,
+    next_ticket_id: u64,
+    next_user_id: u64,
+    next_comment_id: u64,
+    next_audit_id: u64,
+    rate_remaining: u32,
+}
+
+impl ZendeskState {
+    pub(crate) fn new() -> Self {
+        Self {
+            users: HashMap::new(),
+            user_by_email: HashMap::new(),
+            tickets: BTreeMap::new(),
+            idempotency: HashMap::new(),
+            next_ticket_id: 1,
+            next_user_id: 9000,
+            next_comment_id: 100_001,
+            next_audit_id: 500_001,
+            rate_remaining: RATE_LIMIT,
+        }
+    }
+
+    pub(crate) fn expire_idempotency_keys(&mut self) {
+        self.idempotency.clear();
+    }
+
+    /// Counts one request against the rate limit; returns what is left.
+    pub(crate) fn rate_tick(&mut self) -> u32 {
+        self.rate_remaining = self.rate_remaining.saturating_sub(1);
+        self.rate_remaining
+    }
+
+    fn find_or_create_user(&mut self, name: Option<String>, email: Option<String>) -> u64 {
+        if let Some(email) = &email
+            && let Some(id) = self.user_by_email.get(&email.to_lowercase())
+        {
+            return *id;
+        }
+        let id = self.next_user_id;
+        self.next_user_id += 1;
+        if let Some(email) = &email {
+            self.user_by_email.insert(email.to_lowercase(), id);
+        }
+        self.users.insert(id, User { name, email });
+        id
+    }
+}
+
+/// Handles any request under `/api/v2/`.
+pub(crate) fn handle(shared: &Shared, zd: &mut ZendeskState, req: &Req) -> SimResponse {
+    if !authenticated(shared, req) {
+        return SimResponse::json(401, &json!({"error": "Couldn't authenticate you"}));
+    }
+    let rest = req.path.strip_prefix("/api/v2").unwrap_or_default();
+    let mut segs: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+    if let Some(last) = segs.last_mut() {
+        *last = last.strip_suffix(".json").unwrap_or(last);
+    }
+    match (req.method.as_str(), segs.as_slice()) {
+        ("GET", ["tickets"]) => list_tickets(shared, zd, req),
+        ("POST", ["tickets"]) => create_with_idempotency(shared, zd, req),
+        ("GET", ["tickets", id]) => match ticket_id(zd, id) {
+            Some(id) => show_ticket(shared, zd, id),
+            None => not_found(),
+        },
+        ("PUT", ["tickets", id]) => match ticket_id(zd, id) {
+            Some(id) => update_ticket(shared, zd, id, req),
+            None => not_found(),
+        },
+        ("GET", ["tickets", id, "comments"]) => match ticket_id(zd, id) {
+            Some(id) => list_comments(zd, id),
+            None => not_found(),
+        },
+        _ => SimResponse::json(
+            404,
+            &json!({"error": "InvalidEndpoint", "description": "Not found"}),
+        ),
+    }
+}
+
+fn authenticated(shared: &Shared, req: &Req) -> bool {
+    let Some((user, token)) = basic_credentials(&req.headers) else {
+        return false;
+    };
+    let Some(email) = user.strip_suffix("/token") else {
+        return false;
+    };
+    shared
+        .settings
+        .zendesk_credentials
+        .iter()
+        .any(|(e, t)| e.eq_ignore_ascii_case(email) && *t == token)
+}
+
+fn ticket_id(zd: &ZendeskState, raw: &str) -> Option<u64> {
+    raw.parse::<u64>()
+        .ok()
+        .filter(|id| zd.tickets.contains_key(id))
+}
+
+fn not_found() -> SimResponse {
+    SimResponse::json(
+        404,
+        &json!({"error": "RecordNotFound", "description": "Not found"}),
+    )
+}
+
+fn malformed_json() -> SimResponse {
+    SimResponse::text(400, "Bad Request: the request body is not valid JSON")
+}
+
+fn parameter_missing() -> SimResponse {
+    SimResponse::json(
+        400,
+        &json!({"error": "ParameterMissing", "description": "Parameter ticket is required"}),
+    )
+}
+
+fn record_invalid(details: Map<String, Value>) -> SimResponse {
+    SimResponse::json(
+        422,
+        &json!({"error": "RecordInvalid", "description": "Record validation errors", "details": details}),
+    )
+}
+
+fn idempotency_error(description: &str) -> SimResponse {
+    SimResponse::json(
+        400,
+        &json!({"error": "IdempotentRequestError", "description": description}),
+    )
+}
+
+fn timestamp(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+fn non_empty_str<'a>(obj: Option<&'a Map<String, Value>>, key: &str) -> Option<&'a str> {
+    obj?.get(key)?.as_str().filter(|s| !s.trim().is_empty())
+}
+
+fn create_with_idempotency(shared: &Shared, zd: &mut ZendeskState, req: &Req) -> SimResponse {
+    let Ok(body) = serde_json::from_slice::<Value>(&req.body) else {
+        return malformed_json();
+    };
+    let Some(key) = req.header("idempotency-key").filter(|k| !k.is_empty()) else {
+        return create_ticket(shared, zd, &body);
+    };
+    if key.len() > MAX_IDEMPOTENCY_KEY {
+        return idempotency_error("Idempotency-Key must be at most 255 characters");
+    }
+    // Hash the parsed body so that formatting differences do not count.
+    let body_hash = sha256_hex(body.to_string().as_bytes());
+    if let Some(entry) = zd.idempotency.get(key) {
+        if entry.body_hash == body_hash {
+            return entry
+                .response
+                .clone()
+                .with_header("x-idempotency-lookup", "hit");
+        }
+        return idempotency_error(
+            "The Idempotency-Key was already used with a different request body",
+        );
+    }
+    let response = create_ticket(shared, zd, &body);
+    if response.status == 201 {
+        zd.idempotency.insert(
+            key.to_owned(),
+            IdempotencyEntry {
+                body_hash,
+                response: response.clone(),
+            },
+        );
+    }
+    response.with_header("x-idempotency-lookup", "miss")
+}
+
+fn create_ticket(shared: &Shared, zd: &mut ZendeskState, body: &Value) -> SimResponse {
+    let Some(t) = body.get("ticket").and_then(Value::as_object) else {
+        return parameter_missing();
+    };
+    let comment = t.get("comment").and_then(Value::as_object);
+    let comment_body = non_empty_str(comment, "body").map(str::to_owned);
+    let comment_html = non_empty_str(comment, "html_body").map(str::to_owned);
+    let requester = t.get("requester").and_then(Value::as_object);
+    let requester_email = non_empty_str(requester, "email").map(str::to_owned);
+
+    let mut details = Map::new();
+    if comment_body.is_none() && comment_html.is_none() {
+        details.insert(
+            "base".to_owned(),
+            json!([{"description": "Description: cannot be blank", "error": "BlankValue"}]),
+        );
+    }
+    if let Some(email) = &requester_email
+        && !email.contains('@')
+    {
+        details.insert(
+            "requester".to_owned(),
+            json!([{"description": format!("Requester: Email {email} is not properly formatted"), "error": "InvalidValue"}]),
+        );
+    }
+    if !details.is_empty() {
+        return record_invalid(details);
+    }
+
+    let requester_id = match requester {
+        Some(r) => {
+            let name = non_empty_str(Some(r), "name").map(str::to_owned);
+            zd.find_or_create_user(name, requester_email)
+        }
+        None => t
+            .get("requester_id")
+            .and_then(Value::as_u64)
+            .unwrap_or(AGENT_USER_ID),
+    };
+    let user = zd.users.get(&requester_id).cloned();
+    let now = Utc::now();
+    let id = zd.next_ticket_id;
+    zd.next_ticket_id += 1;
+    let comment_id = zd.next_comment_id;
+    zd.next_comment_id += 1;
+    let ticket = SimTicket {
+        id,
+        subject: t
+            .get("subject")
+            .and_then(Value::as_str)
+            .map(|s| s.chars().take(MAX_SUBJECT).collect()),
+        requester_id,
+        requester_name: user.as_ref().and_then(|u| u.name.clone()),
+        requester_email: user.as_ref().and_then(|u| u.email.clone()),
+        assignee_id: t.get("assignee_id").and_then(Value::as_u64),
+        group_id: t.get("group_id").and_then(Value::as_u64),
+        tags: string_list(t.get("tags")),
+        external_id: t.get("external_id").and_then(scalar_string),
+        status: t
+            .get("status")
+            .and_then(Value::as_str)
+            .unwrap_or("new")
+            .to_owned(),
+        custom_fields: t.get("custom_fields").cloned().unwrap_or_else(|| json!([])),
+        comments: vec![SimComment {
+            id: comment_id,
+            author_id: comment
+                .and_then(|c| c.get("author_id"))
+                .and_then(Value::as_u64)
+                .unwrap_or(AGENT_USER_ID),
+            body: comment_body,
+            html_body: comment_html,
+            public: comment
+                .and_then(|c| c.get("public"))
+                .and_then(Value::as_bool)
+                .unwrap_or(true),
+            created_at: now,
+        }],
+        created_at: now,
+    };
+    let body = json!({"ticket": ticket_json(&ticket, &shared.base_url)});
+    zd.tickets.insert(id, ticket);
+    SimResponse::json(201, &body).with_header(
+        "location",
+        format!("{}/api/v2/tickets/{id}.json", shared.base_url),
+    )
+}
+
+fn string_list(value: Option<&Value>) -> Vec<String> {
+    value
+        .and_then(Value::as_array)
+        .map(|items| items.iter().filter_map(scalar_string).collect())
+        .unwrap_or_default()
+}
+
+fn scalar_string(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn list_tickets(shared: &Shared, zd: &ZendeskState, req: &Req) -> SimResponse {
+    let external_id = query_param(req.query.as_deref(), "external_id");
+    let tickets: Vec<Value> = zd
+        .tickets
+        .values()
+        .filter(|t| {
+            external_id
+                .as_deref()
+                .is_none_or(|x| t.external_id.as_deref() == Some(x))
+        })
+        .map(|t| ticket_json(t, &shared.base_url))
+        .collect();
+    let count = tickets.len();
+    SimResponse::json(
+        200,
+        &json!({"tickets": tickets, "count": count, "next_page": null, "previous_page": null}),
+    )
+}
+
+fn show_ticket(shared: &Shared, zd: &ZendeskState, id: u64) -> SimResponse {
+    match zd.tickets.get(&id) {
+        Some(t) => SimResponse::json(200, &json!({"ticket": ticket_json(t, &shared.base_url)})),
+        None => not_found(),
+    }
+}
+
+fn update_ticket(shared: &Shared, zd: &mut ZendeskState, id: u64, req: &Req) -> SimResponse {
+    let Ok(body) = serde_json::from_slice::<Value>(&req.body) else {
+        return malformed_json();
+    };
+    let Some(t) = body.get("ticket").and_then(Value::as_object) else {
+        return parameter_missing();
+    };
+    let comment = t.get("comment").and_then(Value::as_object);
+    let comment_body = non_empty_str(comment, "body").map(str::to_owned);
+    let comment_html = non_empty_str(comment, "html_body").map(str::to_owned);
+    if comment.is_some() && comment_body.is_none() && comment_html.is_none() {
+        let mut details = Map::new();
+        details.insert(
+            "base".to_owned(),
+            json!([{"description": "Comment: cannot be blank", "error": "BlankValue"}]),
+        );
+        return record_invalid(details);
+    }
+    let now = Utc::now();
+    let new_comment = comment.map(|c| SimComment {
+        id: 0,
+        author_id: c
+            .get("author_id")
+            .and_then(Value::as_u64)
+            .unwrap_or(AGENT_USER_ID),
+        body: comment_body,
+        html_body: comment_html,
+        public: c.get("public").and_then(Value::as_bool).unwrap_or(true),
+        created_at: now,
+    });
+    let new_comment = new_comment.map(|mut c| {
+        c.id = zd.next_comment_id;
+        zd.next_comment_id += 1;
+        c
+    });
+    let audit_id = zd.next_audit_id;
+    zd.next_audit_id += 1;
+    let Some(ticket) = zd.tickets.get_mut(&id) else {
+        return not_found();
+    };
+    if let Some(status) = t.get("status").and_then(Value::as_str) {
+        ticket.status = status.to_owned();
+    }
+    if let Some(assignee) = t.get("assignee_id").and_then(Value::as_u64) {
+        ticket.assignee_id = Some(assignee);
+    }
+    if let Some(group) = t.get("group_id").and_then(Value::as_u64) {
+        ticket.group_id = Some(group);
+    }
+    if t.get("tags").is_some() {
+        ticket.tags = string_list(t.get("tags"));
+    }
+    let mut events = Vec::new();
+    let mut author_id = AGENT_USER_ID;
+    if let Some(c) = new_comment {
+        author_id = c.author_id;
+        let mut event = comment_json(&c);
+        event["type"] = json!("Comment");
+        events.push(event);
+        ticket.comments.push(c);
+    }
+    let audit = json!({
+        "id": audit_id,
+        "ticket_id": id,
+        "created_at": timestamp(&now),
+        "author_id": author_id,
+        "events": events,
+    });
+    SimResponse::json(
+        200,
+        &json!({"ticket": ticket_json(ticket, &shared.base_url), "audit": audit}),
+    )
+}
+
+fn list_comments(zd: &ZendeskState, id: u64) -> SimResponse {
+    let Some(ticket) = zd.tickets.get(&id) else {
+        return not_found();
+    };
+    let comments: Vec<Value> = ticket.comments.iter().map(comment_json).collect();
+    let count = comments.len();
+    SimResponse::json(
+        200,
+        &json!({"comments": comments, "next_page": null, "previous_page": null, "count": count}),
+    )
+}
+
+fn ticket_json(t: &SimTicket, base_url: &str) -> Value {
+    let first = t.comments.first();
+    let updated = t.comments.last().map_or(t.created_at, |c| c.created_at);
+    json!({
+        "id": t.id,
+        "url": format!("{base_url}/api/v2/tickets/{}.json", t.id),
+        "external_id": t.external_id,
+        "type": null,
+        "subject": t.subject,
+        "raw_subject": t.subject,
+        "description": first.map(plain_body),
+        "priority": null,
+        "status": t.status,
+        "requester_id": t.requester_id,
+        "submitter_id": AGENT_USER_ID,
+        "assignee_id": t.assignee_id,
+        "organization_id": null,
+        "group_id": t.group_id,
+        "collaborator_ids": [],
+        "follower_ids": [],
+        "is_public": first.is_none_or(|c| c.public),
+        "tags": t.tags,
+        "custom_fields": t.custom_fields,
+        "via": {"channel": "api", "source": {"from": {}, "to": {}, "rel": null}},
+        "created_at": timestamp(&t.created_at),
+        "updated_at": timestamp(&updated),
+    })
+}
+
+fn comment_json(c: &SimComment) -> Value {
+    let plain = plain_body(c);
+    let html = c.html_body.clone().unwrap_or_else(|| {
+        format!(
+            "<div class=\"zd-comment\" dir=\"auto\"><p dir=\"auto\">{}</p></div>",
+            escape_html(&plain)
+        )
+    });
+    json!({
+        "id": c.id,
+        "type": "Comment",
+        "author_id": c.author_id,
+        "body": plain,
+        "html_body": html,
+        "plain_body": plain,
+        "public": c.public,
+        "attachments": [],
+        "created_at": timestamp(&c.created_at),
+    })
+}
+
+/// The plain text of a comment (tags stripped from an HTML-only comment).
+fn plain_body(c: &SimComment) -> String {
+    if let Some(body) = &c.body {
+        return body.clone();
+    }
+    let html = c.html_body.as_deref().unwrap_or_default();
+    let mut out = String::with_capacity(html.len());
+    let mut in_tag = false;
+    for ch in html.chars() {
+        match ch {
+            '<' => in_tag = true,
+            '>' => in_tag = false,
+            c if !in_tag => out.push(c),
+            _ => {}
+        }
+    }
+    out.trim().to_owned()
+}
+
+fn escape_html(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
