@@ -109,10 +109,10 @@ impl SalesforceConfig {
         } else {
             self.api_version = format!("v{v}");
         }
-        if let Some(f) = &self.external_id_field {
-            if !f.ends_with("__c") || f.len() <= 3 {
-                problems.push(("external_id_field", "must be the API name of a custom External ID field, ending in __c".to_string()));
-            }
+        if let Some(f) = &self.external_id_field
+            && (!f.ends_with("__c") || f.len() <= 3)
+        {
+            problems.push(("external_id_field", "must be the API name of a custom External ID field, ending in __c".to_string()));
         }
         problems
     }

@@ -74,11 +74,11 @@ async fn create_once(
         .run("create ticket", || {
             let tried = tried.clone();
             async move {
-                if tried.load(Ordering::Relaxed) {
-                    if let Some(found) = provider.find_ticket(req).await? {
-                        tracing::info!(external_id = %found.id, "adopting ticket created by an earlier attempt");
-                        return Ok(found);
-                    }
+                if tried.load(Ordering::Relaxed)
+                    && let Some(found) = provider.find_ticket(req).await?
+                {
+                    tracing::info!(external_id = %found.id, "adopting ticket created by an earlier attempt");
+                    return Ok(found);
                 }
                 tried.store(true, Ordering::Relaxed);
                 match provider.create_ticket(req).await {

@@ -1,0 +1,275 @@
+//! Shared test harness: every test gets its own RabbitMQ vhost and Redis key
+//! prefix, so tests run in parallel and leave nothing behind.
+#![allow(dead_code)]
+
+use escalator::amqp;
+use escalator::config::Config;
+use escalator::contract::{OutboundEvent, OutboundPayload};
+use escalator::sandbox::{Listener, Sandbox};
+use escalator::settings::Settings;
+use escalator::sim::{self, SimHandle, SimSettings};
+use escalator::store::Store;
+use escalator::topology::DEAD_LETTER_QUEUE;
+use futures_util::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions};
+use lapin::types::{FieldTable, ShortString};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+pub const MGMT: &str = "http://127.0.0.1:15672";
+pub const WAIT: Duration = Duration::from_secs(30);
+
+pub struct TestEnv {
+    pub name: String,
+    pub vhost: String,
+    pub settings: Settings,
+    http: reqwest::Client,
+}
+
+fn mgmt_vhost_path(vhost: &str) -> String {
+    vhost.replace('/', "%2F")
+}
+
+impl TestEnv {
+    /// A fresh vhost and key prefix, with settings tuned for fast tests
+    /// (short backoffs and retry delay, 4 shards).
+    pub async fn new(name: &str) -> TestEnv {
+        let id = uuid::Uuid::new_v4().simple().to_string()[..10].to_string();
+        let vhost = format!("escalator-test-{name}-{id}");
+        let http = reqwest::Client::builder().no_proxy().build().unwrap();
+        let put = http
+            .put(format!("{MGMT}/api/vhosts/{}", mgmt_vhost_path(&vhost)))
+            .basic_auth("guest", Some("guest"))
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap_or_else(|e| {
+                panic!("the RabbitMQ management API is needed at {MGMT} (rabbitmq-plugins enable rabbitmq_management): {e}")
+            });
+        assert!(put.status().is_success(), "create vhost: {}", put.status());
+        let perm = http
+            .put(format!("{MGMT}/api/permissions/{}/guest", mgmt_vhost_path(&vhost)))
+            .basic_auth("guest", Some("guest"))
+            .json(&json!({"configure": ".*", "write": ".*", "read": ".*"}))
+            .send()
+            .await
+            .unwrap();
+        assert!(perm.status().is_success(), "set permissions: {}", perm.status());
+        let mut settings = Settings::from_env().unwrap();
+        settings.amqp_url = format!("amqp://guest:guest@127.0.0.1:5672/{}", mgmt_vhost_path(&vhost));
+        settings.key_prefix = format!("escalator-test:{name}:{id}");
+        settings.shards = 4;
+        settings.prefetch = 16;
+        settings.concurrency = 16;
+        settings.inline_attempts = 4;
+        settings.backoff_min_ms = 20;
+        settings.backoff_max_ms = 100;
+        settings.max_inline_wait_ms = 5_000;
+        settings.retry_delay_ms = 300;
+        settings.broker_attempts = 3;
+        settings.shutdown_grace_ms = 5_000;
+        TestEnv { name: name.to_string(), vhost, settings, http }
+    }
+
+    /// Start the simulator and an in-process worker with the sandbox orgs.
+    pub async fn sandbox(&self) -> Sandbox {
+        Sandbox::start(self.settings.clone(), escalator::sandbox::sandbox_config).await.unwrap()
+    }
+
+    pub async fn sandbox_with(&self, settings: Settings, config: impl FnOnce(&str) -> String) -> Sandbox {
+        Sandbox::start(settings, config).await.unwrap()
+    }
+
+    pub async fn sim(&self) -> SimHandle {
+        sim::start(([127, 0, 0, 1], 0).into(), SimSettings::default()).await.unwrap()
+    }
+
+    pub async fn store(&self) -> Store {
+        Store::connect(&self.settings.redis_url, &self.settings.key_prefix, Duration::from_secs(3600))
+            .await
+            .unwrap()
+    }
+
+    pub fn config(&self, sim_url: &str) -> Config {
+        Config::parse(&escalator::sandbox::sandbox_config(sim_url), "test", &|_| None).unwrap()
+    }
+
+    /// Close every client connection of this test's vhost (as
+    /// `rabbitmqctl close_all_connections` would, but for this test only).
+    pub async fn close_connections(&self) -> usize {
+        let list: Vec<Value> = self
+            .http
+            .get(format!("{MGMT}/api/vhosts/{}/connections", mgmt_vhost_path(&self.vhost)))
+            .basic_auth("guest", Some("guest"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        for c in &list {
+            let name = c["name"].as_str().unwrap();
+            let enc: String = url_encode(name);
+            let _ = self
+                .http
+                .delete(format!("{MGMT}/api/connections/{enc}"))
+                .basic_auth("guest", Some("guest"))
+                .header("X-Reason", "test closes connections")
+                .send()
+                .await;
+        }
+        list.len()
+    }
+
+    /// Messages ready in a queue of this vhost.
+    pub async fn queue_depth(&self, queue: &str) -> u64 {
+        let v: Value = self
+            .http
+            .get(format!("{MGMT}/api/queues/{}/{queue}", mgmt_vhost_path(&self.vhost)))
+            .basic_auth("guest", Some("guest"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["messages"].as_u64().unwrap_or(0)
+    }
+
+    /// Consume the dead-letter queue.
+    pub async fn dead_letters(&self) -> DeadLetters {
+        let conn = amqp::connect(&self.settings.amqp_url, "test-dlq").await.unwrap();
+        let channel = conn.create_channel().await.unwrap();
+        let consumer = channel
+            .basic_consume(
+                ShortString::from(DEAD_LETTER_QUEUE),
+                ShortString::from(""),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        DeadLetters { _conn: conn, consumer }
+    }
+
+    /// Delete the vhost and every Redis key of the test.
+    pub async fn cleanup(self) {
+        if let Ok(store) = Store::connect(&self.settings.redis_url, &self.settings.key_prefix, Duration::from_secs(60)).await {
+            let _ = store.delete_all().await;
+        }
+        let _ = self
+            .http
+            .delete(format!("{MGMT}/api/vhosts/{}", mgmt_vhost_path(&self.vhost)))
+            .basic_auth("guest", Some("guest"))
+            .send()
+            .await;
+    }
+}
+
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+pub struct DeadLetters {
+    _conn: lapin::Connection,
+    consumer: lapin::Consumer,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub routing_key: String,
+    pub body: Vec<u8>,
+    pub message_id: Option<String>,
+    pub headers: std::collections::BTreeMap<String, String>,
+}
+
+impl DeadLetters {
+    pub async fn next(&mut self) -> DeadLetter {
+        let d = tokio::time::timeout(WAIT, self.consumer.next())
+            .await
+            .expect("no dead letter within 30 s")
+            .unwrap()
+            .unwrap();
+        d.acker.ack(BasicAckOptions::default()).await.unwrap();
+        let mut headers = std::collections::BTreeMap::new();
+        if let Some(h) = d.properties.headers() {
+            for (k, v) in h.inner() {
+                let v = match v {
+                    lapin::types::AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+                    other => format!("{other:?}"),
+                };
+                headers.insert(k.as_str().to_string(), v);
+            }
+        }
+        DeadLetter {
+            routing_key: d.routing_key.as_str().to_string(),
+            body: d.data.clone(),
+            message_id: d.properties.message_id().as_ref().map(|s| s.as_str().to_string()),
+            headers,
+        }
+    }
+}
+
+/// The next event of `conversation` (others are skipped).
+pub async fn next_event(listener: &mut Listener, conversation: &str) -> OutboundEvent {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let e = listener
+            .next(left)
+            .await
+            .unwrap_or_else(|| panic!("no outbound event for {conversation} within 30 s"));
+        if e.conversation_id == conversation {
+            return e;
+        }
+    }
+}
+
+pub fn created(e: &OutboundEvent) -> &escalator::contract::EscalationCreated {
+    match &e.payload {
+        OutboundPayload::EscalationCreated(c) => c,
+        other => panic!("expected escalation.created, got {other:?}"),
+    }
+}
+
+pub fn escalation(org: &str, conv: &str) -> Value {
+    json!({
+        "org_id": org,
+        "conversation_id": conv,
+        "mode": "ticket",
+        "customer": { "id": "cust-1", "name": "Grace <Hopper>", "email": "grace@example.com" },
+        "subject": "Cannot log in",
+        "summary": "Customer is locked out after a password reset.",
+        "transcript": [
+            { "role": "customer", "text": "I can't log in <script>alert(1)</script>", "sent_at": "2026-11-21T10:00:00Z" },
+            { "role": "ai", "text": "Let me connect you with a person.", "sent_at": "2026-11-21T10:00:05Z" }
+        ],
+        "context": { "plan": "pro" },
+        "requested_at": "2026-11-21T10:00:06Z"
+    })
+}
+
+pub fn customer_message(org: &str, conv: &str, id: &str, text: &str) -> Value {
+    json!({
+        "org_id": org, "conversation_id": conv, "message_id": id,
+        "text": text, "sent_at": "2026-11-21T10:01:00Z"
+    })
+}
+
+/// Wait until `check` holds, re-checking whenever the simulator answers a request.
+pub async fn until_sim<F: FnMut() -> bool>(sim: &SimHandle, mut check: F) {
+    let mut rx = sim.subscribe();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !check() {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(left.min(Duration::from_millis(200)), rx.recv()).await {
+            Ok(_) | Err(_) if tokio::time::Instant::now() < deadline => {}
+            _ => panic!("condition not reached within 30 s"),
+        }
+    }
+}
