@@ -52,37 +52,24 @@ pub struct Sandbox {
     pub sim: SimHandle,
     pub settings: Settings,
     pub worker: Arc<Worker>,
-    conn: Connection,
-    publisher: Publisher,
+    pub client: Client,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
 
-impl Sandbox {
-    /// Start the simulator and a worker. `config` maps the simulator's base
-    /// URL to the config text (use [`sandbox_config`] for the default orgs).
-    pub async fn start(settings: Settings, config: impl FnOnce(&str) -> String) -> Result<Sandbox, String> {
-        let sim = sim::start(([127, 0, 0, 1], 0).into(), SimSettings::default())
-            .await
-            .map_err(|e| format!("cannot start the simulator: {e}"))?;
-        let text = config(&sim.base_url());
-        let config = Config::parse(&text, "sandbox", &|n| std::env::var(n).ok()).map_err(|e| e.to_string())?;
-        Self::start_with(settings, config, sim).await
-    }
+/// A producer and widget-side consumer: publishes inbound events, listens to outbound ones.
+pub struct Client {
+    conn: Connection,
+    publisher: Publisher,
+}
 
-    pub async fn start_with(settings: Settings, config: Config, sim: SimHandle) -> Result<Sandbox, String> {
-        let worker = Arc::new(Worker::start(settings.clone(), config).await.map_err(|e| e.to_string())?);
-        let conn = amqp::connect(&settings.amqp_url, "escalator-sandbox")
+impl Client {
+    pub async fn connect(settings: &Settings) -> Result<Client, String> {
+        let conn = amqp::connect(&settings.amqp_url, "escalator-client")
             .await
             .map_err(|e| format!("cannot reach RabbitMQ at {}: {e}", settings.amqp_url_redacted()))?;
         let publisher = Publisher::open(&conn).await.map_err(|e| e.to_string())?;
-        let stop = CancellationToken::new();
-        let task = {
-            let worker = worker.clone();
-            let stop = stop.clone();
-            tokio::spawn(async move { worker.run(stop).await })
-        };
-        Ok(Sandbox { sim, settings, worker, conn, publisher, stop, task })
+        Ok(Client { conn, publisher })
     }
 
     /// Publish an inbound event as a producer would (persistent JSON with a message id).
@@ -107,11 +94,52 @@ impl Sandbox {
         Listener::open(&self.conn, binding).await
     }
 
+    pub async fn close(self) {
+        let _ = self.conn.close(200, ShortString::from("bye")).await;
+    }
+}
+
+impl Sandbox {
+    /// Start the simulator and a worker. `config` maps the simulator's base
+    /// URL to the config text (use [`sandbox_config`] for the default orgs).
+    pub async fn start(settings: Settings, config: impl FnOnce(&str) -> String) -> Result<Sandbox, String> {
+        let sim = sim::start(([127, 0, 0, 1], 0).into(), SimSettings::default())
+            .await
+            .map_err(|e| format!("cannot start the simulator: {e}"))?;
+        let text = config(&sim.base_url());
+        let config = Config::parse(&text, "sandbox", &|n| std::env::var(n).ok()).map_err(|e| e.to_string())?;
+        Self::start_with(settings, config, sim).await
+    }
+
+    pub async fn start_with(settings: Settings, config: Config, sim: SimHandle) -> Result<Sandbox, String> {
+        let worker = Arc::new(Worker::start(settings.clone(), config).await.map_err(|e| e.to_string())?);
+        let client = Client::connect(&settings).await?;
+        let stop = CancellationToken::new();
+        let task = {
+            let worker = worker.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move { worker.run(stop).await })
+        };
+        Ok(Sandbox { sim, settings, worker, client, stop, task })
+    }
+
+    pub async fn publish(&self, routing_key: &str, message_id: &str, body: &serde_json::Value) -> Result<(), String> {
+        self.client.publish(routing_key, message_id, body).await
+    }
+
+    pub async fn publish_raw(&self, routing_key: &str, message_id: Option<&str>, body: &[u8]) -> Result<(), String> {
+        self.client.publish_raw(routing_key, message_id, body).await
+    }
+
+    pub async fn listen(&self, binding: &str) -> Result<Listener, String> {
+        self.client.listen(binding).await
+    }
+
     /// Stop the worker (graceful) and the simulator.
     pub async fn stop(self) {
         self.stop.cancel();
         let _ = self.task.await;
-        let _ = self.conn.close(200, ShortString::from("bye")).await;
+        self.client.close().await;
         self.sim.shutdown().await;
     }
 }

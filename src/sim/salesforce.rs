@@ -595,6 +595,8 @@ fn create_record(sf: &mut SalesforceState, req: &Req, sobject: &'static str) -> 
 #[derive(Debug, PartialEq)]
 struct Soql {
     fields: Vec<String>,
+    /// "Case", or a record sobject ("ContentVersion", "FeedItem", "CaseComment").
+    object: &'static str,
     filter: Option<(String, String)>,
     limit: Option<usize>,
 }
@@ -621,9 +623,7 @@ fn parse_soql(q: &str) -> Option<Soql> {
     let (object, mut tail) = after_from
         .split_once(char::is_whitespace)
         .unwrap_or((after_from, ""));
-    if !object.eq_ignore_ascii_case("Case") {
-        return None;
-    }
+    let object = sobject(object)?;
     tail = tail.trim();
     let mut filter = None;
     if tail
@@ -662,6 +662,7 @@ fn parse_soql(q: &str) -> Option<Soql> {
         .and_then(|i| tail[i + 6..].trim().parse::<usize>().ok());
     Some(Soql {
         fields,
+        object,
         filter,
         limit,
     })
@@ -677,6 +678,9 @@ fn query(sf: &SalesforceState, req: &Req, version: &str) -> SimResponse {
             &[],
         );
     };
+    if soql.object != "Case" {
+        return query_records(sf, &soql, version);
+    }
     let indexes: Vec<usize> = match &soql.filter {
         Some((field, value)) => matching_cases(sf, field, value),
         None => (0..sf.cases.len()).collect(),
@@ -703,6 +707,46 @@ fn query(sf: &SalesforceState, req: &Req, version: &str) -> SimResponse {
                     _ => f.clone(),
                 };
                 rec.insert(key, v);
+            }
+            Value::Object(rec)
+        })
+        .collect();
+    SimResponse::json_typed(
+        200,
+        JSON,
+        &json!({"totalSize": records.len(), "done": true, "records": records}),
+    )
+}
+
+/// `SELECT .. FROM ContentVersion|FeedItem|CaseComment [WHERE Field = 'v' ..]`:
+/// the records created through the API, in creation order.
+fn query_records(sf: &SalesforceState, soql: &Soql, version: &str) -> SimResponse {
+    let records: Vec<Value> = sf
+        .records
+        .iter()
+        .filter(|r| r.sobject == soql.object)
+        .filter(|r| match &soql.filter {
+            Some((field, value)) if field.eq_ignore_ascii_case("Id") => r.id == *value,
+            Some((field, value)) => {
+                get_ci(&r.fields, field).and_then(|(_, v)| scalar_string(v)).as_deref()
+                    == Some(value.as_str())
+            }
+            None => true,
+        })
+        .take(soql.limit.unwrap_or(usize::MAX))
+        .map(|r| {
+            let mut rec = Map::new();
+            rec.insert(
+                "attributes".to_owned(),
+                json!({"type": r.sobject, "url": format!("/services/data/{version}/sobjects/{}/{}", r.sobject, r.id)}),
+            );
+            for f in &soql.fields {
+                if f.eq_ignore_ascii_case("Id") {
+                    rec.insert("Id".to_owned(), json!(r.id));
+                } else {
+                    let (name, v) = get_ci(&r.fields, f).map_or((f.as_str(), Value::Null), |(n, v)| (n, v.clone()));
+                    rec.insert(name.to_owned(), v);
+                }
             }
             Value::Object(rec)
         })

@@ -94,31 +94,20 @@ impl TestEnv {
         Config::parse(&escalator::sandbox::sandbox_config(sim_url), "test", &|_| None).unwrap()
     }
 
-    /// Close every client connection of this test's vhost (as
-    /// `rabbitmqctl close_all_connections` would, but for this test only).
-    pub async fn close_connections(&self) -> usize {
-        let list: Vec<Value> = self
-            .http
-            .get(format!("{MGMT}/api/vhosts/{}/connections", mgmt_vhost_path(&self.vhost)))
-            .basic_auth("guest", Some("guest"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        for c in &list {
-            let name = c["name"].as_str().unwrap();
-            let enc: String = url_encode(name);
-            let _ = self
-                .http
-                .delete(format!("{MGMT}/api/connections/{enc}"))
-                .basic_auth("guest", Some("guest"))
-                .header("X-Reason", "test closes connections")
-                .send()
-                .await;
-        }
-        list.len()
+    /// Close every client connection of this test's vhost, as an operator's
+    /// `rabbitmqctl close_all_connections` would (but for this vhost only).
+    pub async fn close_connections(&self) {
+        let vhost = self.vhost.clone();
+        let status = tokio::task::spawn_blocking(move || {
+            std::process::Command::new("rabbitmqctl")
+                .args(["close_all_connections", "--vhost", &vhost, "--limit", "1000", "test closes connections"])
+                .stdout(std::process::Stdio::null())
+                .status()
+        })
+        .await
+        .unwrap()
+        .expect("rabbitmqctl is needed for this test");
+        assert!(status.success(), "rabbitmqctl close_all_connections failed");
     }
 
     /// Messages ready in a queue of this vhost.
@@ -271,5 +260,155 @@ pub async fn until_sim<F: FnMut() -> bool>(sim: &SimHandle, mut check: F) {
             Ok(_) | Err(_) if tokio::time::Instant::now() < deadline => {}
             _ => panic!("condition not reached within 30 s"),
         }
+    }
+}
+
+// ------------------------------------------------------------ processes
+
+/// A worker running as its own OS process (`escalator worker`).
+pub struct WorkerProcess {
+    pub child: tokio::process::Child,
+    pub log: std::path::PathBuf,
+}
+
+impl TestEnv {
+    /// Declare the topology (so publishes are routed before any worker runs).
+    pub async fn declare_topology(&self) {
+        let conn = amqp::connect(&self.settings.amqp_url, "test-topology").await.unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        escalator::topology::Topology::new(self.settings.shards, self.settings.delivery_limit)
+            .declare(&ch)
+            .await
+            .unwrap();
+        let _ = conn.close(200, ShortString::from("bye")).await;
+    }
+
+    /// Env vars that give a worker process this test's settings.
+    pub fn worker_env(&self, settings: &Settings) -> Vec<(String, String)> {
+        let s = settings;
+        [
+            ("ESCALATOR_AMQP_URL", s.amqp_url.clone()),
+            ("ESCALATOR_REDIS_URL", s.redis_url.clone()),
+            ("ESCALATOR_KEY_PREFIX", s.key_prefix.clone()),
+            ("ESCALATOR_SHARDS", s.shards.to_string()),
+            ("ESCALATOR_PREFETCH", s.prefetch.to_string()),
+            ("ESCALATOR_CONCURRENCY", s.concurrency.to_string()),
+            ("ESCALATOR_INLINE_ATTEMPTS", s.inline_attempts.to_string()),
+            ("ESCALATOR_BACKOFF_MIN_MS", s.backoff_min_ms.to_string()),
+            ("ESCALATOR_BACKOFF_MAX_MS", s.backoff_max_ms.to_string()),
+            ("ESCALATOR_MAX_INLINE_WAIT_MS", s.max_inline_wait_ms.to_string()),
+            ("ESCALATOR_RETRY_DELAY_MS", s.retry_delay_ms.to_string()),
+            ("ESCALATOR_BROKER_ATTEMPTS", s.broker_attempts.to_string()),
+            ("ESCALATOR_SHUTDOWN_GRACE_MS", s.shutdown_grace_ms.to_string()),
+            ("RUST_LOG", "info".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    /// Start `escalator worker` with the sandbox orgs pointing at `sim_url`.
+    pub fn spawn_worker(&self, sim_url: &str, dir: &std::path::Path, name: &str) -> WorkerProcess {
+        let config = dir.join(format!("{name}.toml"));
+        std::fs::write(&config, escalator::sandbox::sandbox_config(sim_url)).unwrap();
+        let log = dir.join(format!("{name}.log"));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_escalator"))
+            .arg("worker")
+            .arg("--config")
+            .arg(&config)
+            .envs(self.worker_env(&self.settings))
+            .stdout(std::process::Stdio::null())
+            .stderr(file)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        WorkerProcess { child, log }
+    }
+}
+
+impl WorkerProcess {
+    pub fn pid(&self) -> i32 {
+        self.child.id().unwrap() as i32
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = std::process::Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status().unwrap();
+        assert!(ok.success());
+    }
+
+    /// SIGKILL: no chance to ack or clean up.
+    pub async fn kill9(mut self) {
+        self.signal("KILL");
+        let _ = self.child.wait().await;
+    }
+
+    /// SIGTERM, then the exit status.
+    pub async fn terminate(mut self) -> std::process::ExitStatus {
+        self.signal("TERM");
+        tokio::time::timeout(WAIT, self.child.wait()).await.expect("worker did not exit within 30 s after SIGTERM").unwrap()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// A private redis-server (AOF on, fsync always) on a free port, for tests
+/// that restart Redis without disturbing others.
+pub struct PrivateRedis {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateRedis {
+    pub fn start() -> PrivateRedis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut r = PrivateRedis { port, dir: tempfile::tempdir().unwrap(), child: None };
+        r.restart();
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    pub fn restart(&mut self) {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes", "--appendfsync", "always"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        // Ready when it answers PING.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
+                use std::io::{Read, Write};
+                let _ = s.write_all(b"PING\r\n");
+                let mut buf = [0u8; 7];
+                if s.read(&mut buf).is_ok_and(|n| n > 0 && buf.starts_with(b"+PONG")) {
+                    return;
+                }
+            }
+            assert!(std::time::Instant::now() < deadline, "private redis did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.kill();
     }
 }

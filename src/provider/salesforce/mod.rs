@@ -258,7 +258,8 @@ impl SalesforceClient {
     /// created since the escalation was requested, confirmed by the marker line
     /// at the end of their Description.
     async fn lookup_guarded(&self, case: &CaseBody, requested_at: DateTime<Utc>) -> Result<Option<Found>, ProviderError> {
-        let since = (requested_at - LOOKUP_SKEW).format("%Y-%m-%dT%H:%M:%SZ");
+        // A producer clock running ahead must not hide the case.
+        let since = (requested_at.min(Utc::now()) - LOOKUP_SKEW).format("%Y-%m-%dT%H:%M:%SZ");
         let mut soql = format!(
             "SELECT Id, CaseNumber, Description FROM Case WHERE Subject = {}",
             soql_string(case.subject())

@@ -1,0 +1,82 @@
+//! `escalator bench`: throughput and latency of the whole pipeline
+//! (RabbitMQ -> intake -> shard -> worker -> simulator -> Redis -> outbound),
+//! next to a raw-broker baseline measured in the same run, on the same
+//! broker, in the same vhost, with the same prefetch and concurrency.
+//!
+//! The run isolates itself: a fresh RabbitMQ vhost (management API) and a
+//! unique Redis key prefix, both removed at the end, also after an error.
+mod baseline;
+mod isolation;
+mod measure;
+mod pipeline;
+mod report;
+
+use crate::settings::Settings;
+use isolation::Isolation;
+use std::time::Duration;
+
+/// Publishes kept in flight (sent, confirm not yet received) by the producer.
+pub const PUBLISH_IN_FLIGHT: usize = 256;
+/// Messages pushed through each stage before measuring (connections, pools,
+/// scripts and consumers warm; not counted).
+pub const WARMUP: usize = 32;
+/// A stage fails when no expected event arrived for this long.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The longest a stage of `count` messages may take, warm-up included.
+fn stage_deadline(count: usize) -> Duration {
+    Duration::from_secs(120) + Duration::from_millis(100).saturating_mul(u32::try_from(count).unwrap_or(u32::MAX))
+}
+
+pub async fn run(settings: Settings, count: usize) -> Result<(), String> {
+    if count == 0 {
+        return Err("--count must be at least 1".into());
+    }
+    if settings.prefetch == 0 || settings.concurrency == 0 || settings.shards == 0 {
+        return Err("--prefetch, --concurrency and --shards must be at least 1".into());
+    }
+    println!("escalator bench: {count} messages per stage");
+    let isolation = Isolation::create(&settings).await?;
+    let mut settings = settings;
+    settings.amqp_url = isolation.amqp_url.clone();
+    settings.key_prefix = isolation.key_prefix.clone();
+    println!("  RabbitMQ  {} ({})", settings.amqp_url_redacted(), isolation.vhost_note());
+    println!("  Redis     {} (key prefix {})", settings.redis_url_redacted(), settings.key_prefix);
+
+    let outcome = tokio::select! {
+        r = stages(&settings, count) => r,
+        r = tokio::signal::ctrl_c() => Err(match r {
+            Ok(()) => "interrupted (Ctrl-C): cleaning up".to_string(),
+            Err(e) => format!("cannot listen for Ctrl-C: {e}"),
+        }),
+    };
+    let cleanup = isolation.remove(&settings).await;
+    match (outcome, cleanup) {
+        (Ok(report), Ok(())) => {
+            report.print();
+            Ok(())
+        }
+        (Ok(report), Err(cleanup)) => {
+            report.print();
+            Err(format!("the benchmark ran, but cleaning up failed: {cleanup}"))
+        }
+        (Err(e), Ok(())) => Err(e),
+        (Err(e), Err(cleanup)) => Err(format!("{e}\n(cleaning up failed too: {cleanup})")),
+    }
+}
+
+async fn stages(settings: &Settings, count: usize) -> Result<report::Report, String> {
+    println!("\npipeline: starting the simulator and a worker");
+    let pipeline = pipeline::run(settings, count).await?;
+    println!("\nbaseline: consume -> publish with confirm -> ack, on quorum queues");
+    let baseline = baseline::run(settings, count).await?;
+    Ok(report::Report {
+        count,
+        prefetch: settings.prefetch,
+        concurrency: settings.concurrency,
+        shards: settings.shards,
+        pipeline,
+        baseline,
+        peak_rss: report::peak_rss(),
+    })
+}

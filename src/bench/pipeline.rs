@@ -1,0 +1,184 @@
+//! The pipeline stage: escalations through the in-process sandbox (worker +
+//! Zendesk simulator), from `escalator.inbound` to `escalation.created` on
+//! `escalator.outbound`.
+use super::measure::{self, Arrival, Measurement, Source, Stamp, percentile};
+use super::{PUBLISH_IN_FLIGHT, WARMUP, stage_deadline};
+use crate::contract::OutboundPayload;
+use crate::sandbox::{Listener, Sandbox, ZENDESK_ORG, sandbox_config};
+use crate::settings::Settings;
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+use tokio::time::Instant;
+
+const ROUTING_KEY: &str = "escalation.requested";
+
+/// The figures of the pipeline stage.
+pub struct PipelineResult {
+    pub measurement: Measurement,
+    /// Where the time went, per escalation (from the simulator's request log).
+    pub breakdown: Option<Breakdown>,
+    /// Size of one published event body, in bytes.
+    pub body_bytes: usize,
+}
+
+/// Per-escalation split at the moment the simulator answered the ticket create.
+pub struct Breakdown {
+    pub to_ticket: Vec<Duration>,
+    pub after_ticket: Vec<Duration>,
+    /// Ticket creates per second, first publish to last create.
+    pub ticket_rate: f64,
+    /// Provider requests per escalation.
+    pub requests_per_escalation: f64,
+}
+
+impl Breakdown {
+    pub fn to_ticket_p(&self, p: f64) -> Duration {
+        percentile(&self.to_ticket, p)
+    }
+    pub fn after_ticket_p(&self, p: f64) -> Duration {
+        percentile(&self.after_ticket, p)
+    }
+}
+
+pub async fn run(settings: &Settings, count: usize) -> Result<PipelineResult, String> {
+    let sandbox = Sandbox::start(settings.clone(), sandbox_config).await?;
+    let result = measure(&sandbox, count).await;
+    sandbox.stop().await;
+    result
+}
+
+async fn measure(sandbox: &Sandbox, count: usize) -> Result<PipelineResult, String> {
+    let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+    let listener = sandbox.listen(&format!("{ZENDESK_ORG}.#")).await?;
+    let source = Outbound { listener };
+
+    println!("pipeline: warming up with {WARMUP} escalations");
+    let warm: Vec<String> = (0..WARMUP).map(|i| format!("bench-{run}-warm-{i:03}")).collect();
+    let (source, _, _, _) = round(sandbox, source, &warm, "pipeline warm-up").await?;
+    let requests_before = sandbox.sim.requests().len();
+
+    println!("pipeline: publishing {count} escalations ({PUBLISH_IN_FLIGHT} in flight)");
+    let ids: Vec<String> = (0..count).map(|i| format!("bench-{run}-{i:06}")).collect();
+    let (_, sent, last_confirm, received) = round(sandbox, source, &ids, "pipeline").await?;
+    let measurement = Measurement::new(&ids, &sent, last_confirm, &received)?;
+    println!(
+        "pipeline: {count} escalation.created events in {:.2} s (publishing took {:.2} s)",
+        measurement.elapsed.as_secs_f64(),
+        measurement.publish_elapsed.as_secs_f64()
+    );
+    let requests = sandbox.sim.requests();
+    let breakdown = breakdown(&ids, &sent, &received, &requests[requests_before.min(requests.len())..]);
+    let body_bytes = serde_json::to_vec(&escalation(&ids[0])).map(|b| b.len()).unwrap_or(0);
+    Ok(PipelineResult { measurement, breakdown, body_bytes })
+}
+
+type Round = (Outbound, Vec<Stamp>, Instant, HashMap<String, Stamp>);
+
+/// Publish one escalation per id while collecting their `escalation.created` events.
+async fn round(sandbox: &Sandbox, source: Outbound, ids: &[String], what: &str) -> Result<Round, String> {
+    let bodies: Vec<serde_json::Value> = ids.iter().map(|id| escalation(id)).collect();
+    let message_ids: Vec<String> = ids.iter().map(|id| format!("{id}-escalation")).collect();
+    let expected: HashSet<String> = ids.iter().cloned().collect();
+    let deadline = Instant::now() + stage_deadline(ids.len());
+    let what_owned = what.to_string();
+    let collector =
+        tokio::spawn(async move { measure::collect(source, expected, deadline, &what_owned).await });
+    let published = measure::publish_all(ids.len(), PUBLISH_IN_FLIGHT, |i| {
+        sandbox.publish(ROUTING_KEY, &message_ids[i], &bodies[i])
+    })
+    .await;
+    let (sent, last_confirm) = match published {
+        Ok(p) => p,
+        Err(e) => {
+            collector.abort();
+            return Err(format!("{what}: {e}"));
+        }
+    };
+    let (source, received) = collector
+        .await
+        .map_err(|e| format!("{what}: the outbound collector task failed: {e}"))??;
+    Ok((source, sent, last_confirm, received))
+}
+
+/// An `escalation.requested` event like the demo's: ticket mode, the
+/// sandbox Zendesk org, a two-line transcript.
+pub fn escalation(conversation_id: &str) -> serde_json::Value {
+    let now = Utc::now();
+    json!({
+        "org_id": ZENDESK_ORG,
+        "conversation_id": conversation_id,
+        "mode": "ticket",
+        "customer": { "id": "cust-42", "name": "Ada Lovelace", "email": "ada@example.com" },
+        "subject": "Refund for a double charge",
+        "summary": "Customer was charged twice for order 4711 and wants a refund.",
+        "transcript": [
+            { "role": "customer", "text": "I was charged twice!", "sent_at": now },
+            { "role": "ai", "text": "Sorry about that. Let me get a human to help.", "sent_at": now },
+        ],
+        "context": { "plan": "pro", "locale": "en-GB", "page_url": "https://shop.example.com/orders/4711" },
+        "requested_at": now,
+    })
+}
+
+/// The sandbox's outbound listener as a [`Source`] of `escalation.created` events.
+struct Outbound {
+    listener: Listener,
+}
+
+impl Source for Outbound {
+    async fn next(&mut self, wait: Duration) -> Result<Arrival, String> {
+        let started = Instant::now();
+        match self.listener.next(wait).await {
+            Some(event) => match &event.payload {
+                OutboundPayload::EscalationCreated(_) => Ok(Arrival::Event(event.conversation_id)),
+                OutboundPayload::EscalationFailed(f) => Err(format!(
+                    "the escalation of {} failed: {} (the simulator should accept every ticket)",
+                    event.conversation_id, f.reason
+                )),
+                _ => Ok(Arrival::Ignored),
+            },
+            // Listener::next says None both on timeout and when the consumer ends.
+            None if started.elapsed() + Duration::from_millis(5) >= wait => Ok(Arrival::TimedOut),
+            None => Err("the outbound listener stopped (connection lost?) or got an unreadable event".into()),
+        }
+    }
+}
+
+/// Split each escalation's latency at the simulator's answer to its ticket create.
+fn breakdown(
+    ids: &[String],
+    sent: &[Stamp],
+    received: &HashMap<String, Stamp>,
+    requests: &[crate::sim::RecordedRequest],
+) -> Option<Breakdown> {
+    let mut created: HashMap<String, DateTime<Utc>> = HashMap::new();
+    for r in requests {
+        if r.method == "POST" && r.path.starts_with("/api/v2/tickets") && (200..300).contains(&r.status) {
+            let body: serde_json::Value = serde_json::from_str(&r.body).ok()?;
+            if let Some(conv) = body["ticket"]["external_id"].as_str() {
+                created.entry(conv.to_string()).or_insert(r.at);
+            }
+        }
+    }
+    let first_publish = sent.iter().map(|s| s.wall).min()?;
+    let mut last_ticket = first_publish;
+    let mut to_ticket = Vec::with_capacity(ids.len());
+    let mut after_ticket = Vec::with_capacity(ids.len());
+    for (id, s) in ids.iter().zip(sent) {
+        let at = *created.get(id)?;
+        let r = received.get(id)?;
+        last_ticket = last_ticket.max(at);
+        to_ticket.push((at - s.wall).to_std().unwrap_or_default());
+        after_ticket.push((r.wall - at).to_std().unwrap_or_default());
+    }
+    to_ticket.sort_unstable();
+    after_ticket.sort_unstable();
+    Some(Breakdown {
+        to_ticket,
+        after_ticket,
+        ticket_rate: measure::per_second(ids.len(), (last_ticket - first_publish).to_std().unwrap_or_default()),
+        requests_per_escalation: requests.len() as f64 / ids.len().max(1) as f64,
+    })
+}

@@ -1,0 +1,119 @@
+//! The printed report.
+use super::PUBLISH_IN_FLIGHT;
+use super::measure::Measurement;
+use super::pipeline::PipelineResult;
+use std::time::Duration;
+
+/// The pipeline should reach at least this share of the raw broker's rate.
+pub const TARGET_RATIO: f64 = 0.5;
+
+pub struct Report {
+    pub count: usize,
+    pub prefetch: u16,
+    pub concurrency: usize,
+    pub shards: u16,
+    pub pipeline: PipelineResult,
+    pub baseline: Measurement,
+    /// Peak resident set size in bytes (`VmHWM`), when known.
+    pub peak_rss: Option<u64>,
+}
+
+impl Report {
+    pub fn ratio(&self) -> f64 {
+        let base = self.baseline.rate();
+        if base > 0.0 && base.is_finite() { self.pipeline.measurement.rate() / base } else { f64::NAN }
+    }
+
+    pub fn print(&self) {
+        let p = &self.pipeline.measurement;
+        let b = &self.baseline;
+        let ratio = self.ratio();
+        println!();
+        println!("escalator bench report");
+        println!("======================");
+        println!("  messages per stage (N)   {}", self.count);
+        println!("  prefetch                 {}", self.prefetch);
+        println!("  concurrency              {}", self.concurrency);
+        println!("  shards                   {}", self.shards);
+        println!("  publishes in flight      {PUBLISH_IN_FLIGHT} (publisher confirms awaited)");
+        println!("  event body               {} bytes", self.pipeline.body_bytes);
+        println!();
+        println!("  {:<10} {:>16} {:>11} {:>11}", "", "throughput", "p50", "p99");
+        println!(
+            "  {:<10} {:>10.1} esc/s {:>11} {:>11}",
+            "pipeline",
+            p.rate(),
+            ms(p.p50()),
+            ms(p.p99())
+        );
+        println!(
+            "  {:<10} {:>10.1} msg/s {:>11} {:>11}",
+            "baseline",
+            b.rate(),
+            ms(b.p50()),
+            ms(b.p99())
+        );
+        println!();
+        let verdict = if ratio >= TARGET_RATIO { "met" } else { "NOT met" };
+        println!("  ratio pipeline/baseline  {ratio:.2}  (target >= {TARGET_RATIO}: {verdict})");
+        println!(
+            "  peak RSS                 {}",
+            self.peak_rss
+                .map_or_else(|| "n/a".to_string(), |b| format!("{:.1} MiB (VmHWM)", b as f64 / 1_048_576.0))
+        );
+        println!();
+        println!("  pipeline detail");
+        println!(
+            "    first publish -> last event      {:.2} s (last publish confirmed after {:.2} s)",
+            p.elapsed.as_secs_f64(),
+            p.publish_elapsed.as_secs_f64()
+        );
+        if let Some(d) = &self.pipeline.breakdown {
+            println!(
+                "    publish -> ticket created        p50 {:>9}  p99 {:>9}  (intake, shard queue, Redis checks, HTTP)",
+                ms(d.to_ticket_p(50.0)),
+                ms(d.to_ticket_p(99.0))
+            );
+            println!(
+                "    ticket created -> event received p50 {:>9}  p99 {:>9}  (Redis writes, outbound publish)",
+                ms(d.after_ticket_p(50.0)),
+                ms(d.after_ticket_p(99.0))
+            );
+            println!(
+                "    tickets created                  {:.1}/s; {:.2} provider requests per escalation",
+                d.ticket_rate, d.requests_per_escalation
+            );
+        }
+        println!("  baseline detail");
+        println!(
+            "    first publish -> last message    {:.2} s (last publish confirmed after {:.2} s)",
+            b.elapsed.as_secs_f64(),
+            b.publish_elapsed.as_secs_f64()
+        );
+        println!();
+        println!("  Throughput is N / (first publish -> last outbound message received); latency is");
+        println!("  publish -> outbound message received, with all N published at once (in flight as");
+        println!("  above), so it includes queueing behind the backlog.");
+        println!("  Pipeline and baseline run in one process, together with the provider simulator,");
+        println!("  on the same broker and vhost: absolute figures depend on this machine; the ratio");
+        println!("  pipeline/baseline is the meaningful figure.");
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// Peak resident set size of this process (`VmHWM` in /proc/self/status), in bytes.
+#[cfg(target_os = "linux")]
+pub fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.trim_start_matches("VmHWM:").trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kib * 1024)
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn peak_rss() -> Option<u64> {
+    None
+}
