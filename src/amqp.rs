@@ -53,7 +53,13 @@ impl Publisher {
             .basic_publish(
                 ShortString::from(exchange),
                 ShortString::from(routing_key),
-                BasicPublishOptions::default(),
+                // Mandatory: a message no queue takes comes back instead of
+                // vanishing (the outbound exchange's alternate exchange takes
+                // every event, so only real topology gaps return).
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
                 body,
                 props,
             )
@@ -78,7 +84,8 @@ pub struct PendingConfirm {
 impl PendingConfirm {
     pub async fn wait(self) -> Result<(), InfraError> {
         match self.confirm.await? {
-            Confirmation::Ack(_) | Confirmation::NotRequested => Ok(()),
+            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+            Confirmation::Ack(Some(_)) => Err(InfraError::Unroutable(self.target)),
             Confirmation::Nack(_) => Err(InfraError::PublishNacked(self.target)),
         }
     }

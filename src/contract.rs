@@ -68,7 +68,9 @@ pub enum InboundEvent {
 impl InboundEvent {
     pub fn parse(kind: InboundKind, body: &[u8]) -> Result<Self, serde_json::Error> {
         Ok(match kind {
-            InboundKind::EscalationRequested => Self::EscalationRequested(serde_json::from_slice(body)?),
+            InboundKind::EscalationRequested => {
+                Self::EscalationRequested(serde_json::from_slice(body)?)
+            }
             InboundKind::CustomerMessage => Self::CustomerMessage(serde_json::from_slice(body)?),
             InboundKind::CustomerTyping => Self::CustomerTyping(serde_json::from_slice(body)?),
             InboundKind::CustomerEnded => Self::CustomerEnded(serde_json::from_slice(body)?),

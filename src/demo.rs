@@ -13,7 +13,10 @@ pub async fn run(settings: Settings) -> Result<(), String> {
     println!("  RabbitMQ  {}", settings.amqp_url_redacted());
     println!("  Redis     {}", settings.redis_url_redacted());
     let sandbox = Sandbox::start(settings, sandbox_config).await?;
-    println!("  simulator {}  (Zendesk and Salesforce APIs)", sandbox.sim.base_url());
+    println!(
+        "  simulator {}  (Zendesk and Salesforce APIs)",
+        sandbox.sim.base_url()
+    );
     let result = scenario(&sandbox).await;
     sandbox.stop().await;
     if result.is_ok() {
@@ -30,7 +33,11 @@ async fn scenario(sandbox: &Sandbox) -> Result<(), String> {
     let mut widget = sandbox.listen(&format!("{ZENDESK_ORG}.#")).await?;
     println!("\n1. The AI agent escalates conversation {conv} to Zendesk (ticket mode)");
     sandbox
-        .publish("escalation.requested", &format!("{conv}-escalation"), &escalation(ZENDESK_ORG, &conv))
+        .publish(
+            "escalation.requested",
+            &format!("{conv}-escalation"),
+            &escalation(ZENDESK_ORG, &conv),
+        )
         .await?;
     let event = expect(&mut widget, &conv).await?;
     print_event(&event);
@@ -55,8 +62,17 @@ async fn scenario(sandbox: &Sandbox) -> Result<(), String> {
     })
     .await
     .map_err(|_| "the customer's message did not reach the ticket within 30 s".to_string())?;
-    if let Some(t) = sandbox.sim.zendesk_tickets().into_iter().find(|t| t.external_id.as_deref() == Some(conv.as_str())) {
-        println!("   ticket #{} now has {} comments (transcript + the customer's message)", t.id, t.comments.len());
+    if let Some(t) = sandbox
+        .sim
+        .zendesk_tickets()
+        .into_iter()
+        .find(|t| t.external_id.as_deref() == Some(conv.as_str()))
+    {
+        println!(
+            "   ticket #{} now has {} comments (transcript + the customer's message)",
+            t.id,
+            t.comments.len()
+        );
     }
 
     // 2. Salesforce case.
@@ -64,7 +80,11 @@ async fn scenario(sandbox: &Sandbox) -> Result<(), String> {
     let mut widget = sandbox.listen(&format!("{SALESFORCE_ORG}.#")).await?;
     println!("\n3. The AI agent escalates conversation {conv} to Salesforce (Case)");
     sandbox
-        .publish("escalation.requested", &format!("{conv}-escalation"), &escalation(SALESFORCE_ORG, &conv))
+        .publish(
+            "escalation.requested",
+            &format!("{conv}-escalation"),
+            &escalation(SALESFORCE_ORG, &conv),
+        )
         .await?;
     let event = expect(&mut widget, &conv).await?;
     print_event(&event);
@@ -89,12 +109,17 @@ fn escalation(org: &str, conv: &str) -> serde_json::Value {
     })
 }
 
-async fn expect(widget: &mut crate::sandbox::Listener, conv: &str) -> Result<OutboundEvent, String> {
+async fn expect(
+    widget: &mut crate::sandbox::Listener,
+    conv: &str,
+) -> Result<OutboundEvent, String> {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let Some(event) = widget.next(left).await else {
-            return Err(format!("no outbound event for {conv} within 30 s: is a worker stuck? run with RUST_LOG=info"));
+            return Err(format!(
+                "no outbound event for {conv} within 30 s: is a worker stuck? run with RUST_LOG=info"
+            ));
         };
         if event.conversation_id != conv {
             continue;
@@ -112,11 +137,23 @@ async fn expect(widget: &mut crate::sandbox::Listener, conv: &str) -> Result<Out
 fn print_event(e: &OutboundEvent) {
     let what = match &e.payload {
         OutboundPayload::EscalationCreated(c) => {
-            let number = c.external_number.as_deref().map(|n| format!(" (number {n})")).unwrap_or_default();
-            format!("{:?} {}{number} created\n      agents open it at {}", c.external_kind, c.external_id, c.url)
+            let number = c
+                .external_number
+                .as_deref()
+                .map(|n| format!(" (number {n})"))
+                .unwrap_or_default();
+            format!(
+                "{:?} {}{number} created\n      agents open it at {}",
+                c.external_kind, c.external_id, c.url
+            )
         }
         OutboundPayload::EscalationFailed(f) => format!("failed: {}", f.reason),
         other => format!("{other:?}"),
     };
-    println!("   widget hears: {} #{} from {}: {what}", e.payload.event_type(), e.seq, e.provider);
+    println!(
+        "   widget hears: {} #{} from {}: {what}",
+        e.payload.event_type(),
+        e.seq,
+        e.provider
+    );
 }

@@ -125,6 +125,8 @@ pub enum InfraError {
     Amqp(#[from] lapin::Error),
     #[error("amqp: the broker refused (nacked) a publish to {0}")]
     PublishNacked(String),
+    #[error("amqp: no queue is bound for a publish to {0} (is the topology declared?)")]
+    Unroutable(String),
     #[error("stored state is corrupt: {0}")]
     Corrupt(String),
 }

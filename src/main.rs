@@ -9,7 +9,11 @@ use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "escalator", version, about = "Hands AI-chat conversations over to Salesforce and Zendesk, and carries agent replies back")]
+#[command(
+    name = "escalator",
+    version,
+    about = "Hands AI-chat conversations over to Salesforce and Zendesk, and carries agent replies back"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -58,7 +62,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("escalator: cannot start the async runtime: {e}");
@@ -79,7 +86,9 @@ async fn run(command: Command) -> Result<(), String> {
         Command::Worker { settings, config } => {
             escalator::telemetry::init("info");
             let config = Config::load(&config).map_err(|e| e.to_string())?;
-            let worker = Worker::start(settings, config).await.map_err(|e| e.to_string())?;
+            let worker = Worker::start(settings, config)
+                .await
+                .map_err(|e| e.to_string())?;
             let stop = shutdown_signal();
             worker.run(stop).await;
             Ok(())
@@ -94,7 +103,11 @@ async fn run(command: Command) -> Result<(), String> {
             escalator::telemetry::init("warn");
             escalator::demo::run(settings).await
         }
-        Command::Topology { settings, print, vhost } => {
+        Command::Topology {
+            settings,
+            print,
+            vhost,
+        } => {
             let topology = Topology::new(settings.shards, settings.delivery_limit);
             if print {
                 let json = serde_json::to_string_pretty(&topology.definitions_json(&vhost))
@@ -104,9 +117,17 @@ async fn run(command: Command) -> Result<(), String> {
             }
             let conn = escalator::amqp::connect(&settings.amqp_url, "escalator-topology")
                 .await
-                .map_err(|e| format!("cannot reach RabbitMQ at {}: {e}", settings.amqp_url_redacted()))?;
+                .map_err(|e| {
+                    format!(
+                        "cannot reach RabbitMQ at {}: {e}",
+                        settings.amqp_url_redacted()
+                    )
+                })?;
             let channel = conn.create_channel().await.map_err(|e| e.to_string())?;
-            topology.declare(&channel).await.map_err(|e| format!("declaring the topology failed: {e}"))?;
+            topology
+                .declare(&channel)
+                .await
+                .map_err(|e| format!("declaring the topology failed: {e}"))?;
             println!(
                 "declared {} exchanges, {} queues, {} bindings on {}",
                 topology.exchanges.len(),

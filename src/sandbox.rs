@@ -67,18 +67,34 @@ impl Client {
     pub async fn connect(settings: &Settings) -> Result<Client, String> {
         let conn = amqp::connect(&settings.amqp_url, "escalator-client")
             .await
-            .map_err(|e| format!("cannot reach RabbitMQ at {}: {e}", settings.amqp_url_redacted()))?;
+            .map_err(|e| {
+                format!(
+                    "cannot reach RabbitMQ at {}: {e}",
+                    settings.amqp_url_redacted()
+                )
+            })?;
         let publisher = Publisher::open(&conn).await.map_err(|e| e.to_string())?;
         Ok(Client { conn, publisher })
     }
 
     /// Publish an inbound event as a producer would (persistent JSON with a message id).
-    pub async fn publish(&self, routing_key: &str, message_id: &str, body: &serde_json::Value) -> Result<(), String> {
+    pub async fn publish(
+        &self,
+        routing_key: &str,
+        message_id: &str,
+        body: &serde_json::Value,
+    ) -> Result<(), String> {
         let bytes = serde_json::to_vec(body).map_err(|e| e.to_string())?;
-        self.publish_raw(routing_key, Some(message_id), &bytes).await
+        self.publish_raw(routing_key, Some(message_id), &bytes)
+            .await
     }
 
-    pub async fn publish_raw(&self, routing_key: &str, message_id: Option<&str>, body: &[u8]) -> Result<(), String> {
+    pub async fn publish_raw(
+        &self,
+        routing_key: &str,
+        message_id: Option<&str>,
+        body: &[u8],
+    ) -> Result<(), String> {
         let mut props = json_properties();
         if let Some(id) = message_id {
             props = props.with_message_id(ShortString::from(id));
@@ -102,17 +118,29 @@ impl Client {
 impl Sandbox {
     /// Start the simulator and a worker. `config` maps the simulator's base
     /// URL to the config text (use [`sandbox_config`] for the default orgs).
-    pub async fn start(settings: Settings, config: impl FnOnce(&str) -> String) -> Result<Sandbox, String> {
+    pub async fn start(
+        settings: Settings,
+        config: impl FnOnce(&str) -> String,
+    ) -> Result<Sandbox, String> {
         let sim = sim::start(([127, 0, 0, 1], 0).into(), SimSettings::default())
             .await
             .map_err(|e| format!("cannot start the simulator: {e}"))?;
         let text = config(&sim.base_url());
-        let config = Config::parse(&text, "sandbox", &|n| std::env::var(n).ok()).map_err(|e| e.to_string())?;
+        let config = Config::parse(&text, "sandbox", &|n| std::env::var(n).ok())
+            .map_err(|e| e.to_string())?;
         Self::start_with(settings, config, sim).await
     }
 
-    pub async fn start_with(settings: Settings, config: Config, sim: SimHandle) -> Result<Sandbox, String> {
-        let worker = Arc::new(Worker::start(settings.clone(), config).await.map_err(|e| e.to_string())?);
+    pub async fn start_with(
+        settings: Settings,
+        config: Config,
+        sim: SimHandle,
+    ) -> Result<Sandbox, String> {
+        let worker = Arc::new(
+            Worker::start(settings.clone(), config)
+                .await
+                .map_err(|e| e.to_string())?,
+        );
         let client = Client::connect(&settings).await?;
         let stop = CancellationToken::new();
         let task = {
@@ -120,14 +148,31 @@ impl Sandbox {
             let stop = stop.clone();
             tokio::spawn(async move { worker.run(stop).await })
         };
-        Ok(Sandbox { sim, settings, worker, client, stop, task })
+        Ok(Sandbox {
+            sim,
+            settings,
+            worker,
+            client,
+            stop,
+            task,
+        })
     }
 
-    pub async fn publish(&self, routing_key: &str, message_id: &str, body: &serde_json::Value) -> Result<(), String> {
+    pub async fn publish(
+        &self,
+        routing_key: &str,
+        message_id: &str,
+        body: &serde_json::Value,
+    ) -> Result<(), String> {
         self.client.publish(routing_key, message_id, body).await
     }
 
-    pub async fn publish_raw(&self, routing_key: &str, message_id: Option<&str>, body: &[u8]) -> Result<(), String> {
+    pub async fn publish_raw(
+        &self,
+        routing_key: &str,
+        message_id: Option<&str>,
+        body: &[u8],
+    ) -> Result<(), String> {
         self.client.publish_raw(routing_key, message_id, body).await
     }
 
@@ -155,7 +200,11 @@ impl Listener {
         let queue = channel
             .queue_declare(
                 ShortString::from(""),
-                QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
                 FieldTable::default(),
             )
             .await
@@ -171,7 +220,12 @@ impl Listener {
             .await
             .map_err(|e| e.to_string())?;
         let consumer = channel
-            .basic_consume(queue.name().clone(), ShortString::from(""), BasicConsumeOptions::default(), FieldTable::default())
+            .basic_consume(
+                queue.name().clone(),
+                ShortString::from(""),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
             .await
             .map_err(|e| e.to_string())?;
         Ok(Listener { consumer })
@@ -179,7 +233,10 @@ impl Listener {
 
     /// The next event, or `None` after `timeout`.
     pub async fn next(&mut self, timeout: Duration) -> Option<OutboundEvent> {
-        let delivery = tokio::time::timeout(timeout, self.consumer.next()).await.ok()??.ok()?;
+        let delivery = tokio::time::timeout(timeout, self.consumer.next())
+            .await
+            .ok()??
+            .ok()?;
         let _ = delivery.acker.ack(BasicAckOptions::default()).await;
         serde_json::from_slice(&delivery.data).ok()
     }

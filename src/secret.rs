@@ -76,8 +76,14 @@ mod tests {
     #[test]
     fn resolves_env_references() {
         let env = |name: &str| (name == "TOKEN").then(|| "abc".to_string());
-        assert_eq!(Secret::new("${TOKEN}").resolve(&env).unwrap().expose(), "abc");
-        assert_eq!(Secret::new("literal").resolve(&env).unwrap().expose(), "literal");
+        assert_eq!(
+            Secret::new("${TOKEN}").resolve(&env).unwrap().expose(),
+            "abc"
+        );
+        assert_eq!(
+            Secret::new("literal").resolve(&env).unwrap().expose(),
+            "literal"
+        );
         let err = Secret::new("${MISSING}").resolve(&env).unwrap_err();
         assert!(err.contains("MISSING is not set"), "{err}");
         assert!(Secret::new("${bad name}").resolve(&env).is_err());

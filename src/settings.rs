@@ -5,10 +5,18 @@ use std::time::Duration;
 #[derive(Debug, Clone, clap::Args)]
 pub struct Settings {
     /// AMQP URL of RabbitMQ (the password is never printed).
-    #[arg(long, env = "ESCALATOR_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    #[arg(
+        long,
+        env = "ESCALATOR_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
     pub amqp_url: String,
     /// Redis URL.
-    #[arg(long, env = "ESCALATOR_REDIS_URL", default_value = "redis://127.0.0.1:6379/")]
+    #[arg(
+        long,
+        env = "ESCALATOR_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379/"
+    )]
     pub redis_url: String,
     /// Prefix of every Redis key this process writes.
     #[arg(long, env = "ESCALATOR_KEY_PREFIX", default_value = "escalator")]
@@ -123,7 +131,10 @@ mod tests {
             redact_url("amqp://guest:secret@127.0.0.1:5672/%2f"),
             "amqp://guest:<redacted>@127.0.0.1:5672/%2f"
         );
-        assert_eq!(redact_url("redis://127.0.0.1:6379/"), "redis://127.0.0.1:6379/");
+        assert_eq!(
+            redact_url("redis://127.0.0.1:6379/"),
+            "redis://127.0.0.1:6379/"
+        );
         assert_eq!(redact_url("redis://:pw@h:1/0"), "redis://:<redacted>@h:1/0");
     }
 }

@@ -109,7 +109,11 @@ return v
 "#;
 
 impl Store {
-    pub async fn connect(url: &str, prefix: &str, ttl: Duration) -> Result<Store, redis::RedisError> {
+    pub async fn connect(
+        url: &str,
+        prefix: &str,
+        ttl: Duration,
+    ) -> Result<Store, redis::RedisError> {
         let client = redis::Client::open(url)?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(5)))
@@ -137,7 +141,10 @@ impl Store {
 
     pub async fn ping(&self) -> Result<(), redis::RedisError> {
         let mut c = self.conn.clone();
-        redis::cmd("PING").query_async::<String>(&mut c).await.map(|_| ())
+        redis::cmd("PING")
+            .query_async::<String>(&mut c)
+            .await
+            .map(|_| ())
     }
 
     pub async fn conversation(
@@ -149,13 +156,18 @@ impl Store {
         let raw: Option<String> = c.hget(self.key(org, conv, ""), "record").await?;
         raw.map(|r| {
             serde_json::from_str(&r).map_err(|e| {
-                crate::error::InfraError::Corrupt(format!("conversation record of {org}/{conv}: {e}"))
+                crate::error::InfraError::Corrupt(format!(
+                    "conversation record of {org}/{conv}: {e}"
+                ))
             })
         })
         .transpose()
     }
 
-    pub async fn save_conversation(&self, rec: &ConversationRecord) -> Result<(), redis::RedisError> {
+    pub async fn save_conversation(
+        &self,
+        rec: &ConversationRecord,
+    ) -> Result<(), redis::RedisError> {
         let key = self.key(&rec.org_id, &rec.conversation_id, "");
         let json = serde_json::to_string(rec).map_err(|e| {
             redis::RedisError::from((redis::ErrorKind::Client, "serialize record", e.to_string()))
@@ -172,12 +184,23 @@ impl Store {
     }
 
     /// Has this inbound message been fully handled before?
-    pub async fn is_done(&self, org: &str, conv: &str, message_id: &str) -> Result<bool, redis::RedisError> {
+    pub async fn is_done(
+        &self,
+        org: &str,
+        conv: &str,
+        message_id: &str,
+    ) -> Result<bool, redis::RedisError> {
         let mut c = self.conn.clone();
-        c.exists(self.key(org, conv, &format!(":done:{message_id}"))).await
+        c.exists(self.key(org, conv, &format!(":done:{message_id}")))
+            .await
     }
 
-    pub async fn mark_done(&self, org: &str, conv: &str, message_id: &str) -> Result<(), redis::RedisError> {
+    pub async fn mark_done(
+        &self,
+        org: &str,
+        conv: &str,
+        message_id: &str,
+    ) -> Result<(), redis::RedisError> {
         let mut c = self.conn.clone();
         c.set_ex(
             self.key(org, conv, &format!(":done:{message_id}")),
@@ -213,7 +236,12 @@ impl Store {
     }
 
     /// May `message_id` run now? Registers it behind parked messages if not.
-    pub async fn admit(&self, org: &str, conv: &str, message_id: &str) -> Result<Admission, redis::RedisError> {
+    pub async fn admit(
+        &self,
+        org: &str,
+        conv: &str,
+        message_id: &str,
+    ) -> Result<Admission, redis::RedisError> {
         let mut c = self.conn.clone();
         let r: i64 = redis::Script::new(ADMIT)
             .key(self.key(org, conv, ":parked"))
@@ -230,7 +258,12 @@ impl Store {
 
     /// Add `message_id` to the conversation's parked list (if absent).
     /// Returns whether it is the head of the list.
-    pub async fn park(&self, org: &str, conv: &str, message_id: &str) -> Result<bool, redis::RedisError> {
+    pub async fn park(
+        &self,
+        org: &str,
+        conv: &str,
+        message_id: &str,
+    ) -> Result<bool, redis::RedisError> {
         let mut c = self.conn.clone();
         let head: i64 = redis::Script::new(PARK)
             .key(self.key(org, conv, ":parked"))
@@ -242,7 +275,12 @@ impl Store {
     }
 
     /// Remove `message_id` from the parked list; returns how many remain.
-    pub async fn release(&self, org: &str, conv: &str, message_id: &str) -> Result<u64, redis::RedisError> {
+    pub async fn release(
+        &self,
+        org: &str,
+        conv: &str,
+        message_id: &str,
+    ) -> Result<u64, redis::RedisError> {
         let mut c = self.conn.clone();
         redis::Script::new(RELEASE)
             .key(self.key(org, conv, ":parked"))
@@ -270,7 +308,8 @@ impl Store {
             .arg(self.ttl_secs)
             .invoke_async(&mut c)
             .await?;
-        let corrupt = || crate::error::InfraError::Corrupt(format!("outbound seq of {org}/{conv}: {v}"));
+        let corrupt =
+            || crate::error::InfraError::Corrupt(format!("outbound seq of {org}/{conv}: {v}"));
         let (seq, ms) = v.split_once(':').ok_or_else(corrupt)?;
         let seq = seq.parse().map_err(|_| corrupt())?;
         let at = ms

@@ -211,7 +211,11 @@ impl Topology {
         };
         for q in &self.queues {
             channel
-                .queue_declare(ShortString::from(q.name.as_str()), qopts, field_table(&q.args))
+                .queue_declare(
+                    ShortString::from(q.name.as_str()),
+                    qopts,
+                    field_table(&q.args),
+                )
                 .await?;
         }
         for b in &self.bindings {
@@ -296,11 +300,23 @@ mod tests {
         let d = t.definitions_json("/");
         let queues = d["queues"].as_array().unwrap();
         assert_eq!(queues.len(), 4 + 4);
-        assert!(queues.iter().all(|q| q["arguments"]["x-queue-type"] == "quorum"));
-        let work = queues.iter().find(|q| q["name"] == "escalator.work.03").unwrap();
+        assert!(
+            queues
+                .iter()
+                .all(|q| q["arguments"]["x-queue-type"] == "quorum")
+        );
+        let work = queues
+            .iter()
+            .find(|q| q["name"] == "escalator.work.03")
+            .unwrap();
         assert_eq!(work["arguments"]["x-delivery-limit"], 20);
         assert_eq!(work["arguments"]["x-dead-letter-strategy"], "at-least-once");
-        let out = d["exchanges"].as_array().unwrap().iter().find(|e| e["name"] == OUTBOUND_EXCHANGE).unwrap();
+        let out = d["exchanges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == OUTBOUND_EXCHANGE)
+            .unwrap();
         assert_eq!(out["arguments"]["alternate-exchange"], UNROUTED_EXCHANGE);
     }
 }

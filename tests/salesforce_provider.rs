@@ -3,7 +3,10 @@
 use base64::Engine;
 use chrono::Utc;
 use escalator::config::{OrgConfig, SalesforceConfig};
-use escalator::contract::{Customer, CustomerMessage, EscalationRequested, ExternalKind, Mode, ProviderKind, Role, TranscriptEntry};
+use escalator::contract::{
+    Customer, CustomerMessage, EscalationRequested, ExternalKind, Mode, ProviderKind, Role,
+    TranscriptEntry,
+};
 use escalator::error::{ErrorClass, ProviderError, ProviderErrorKind};
 use escalator::provider::salesforce::SalesforceClient;
 use escalator::provider::{TicketProvider, TicketRequest, transcript};
@@ -243,12 +246,19 @@ async fn case_carries_every_mapped_field() {
     assert_eq!(r.kind, ExternalKind::SalesforceCase);
     assert_eq!(r.id, case.id);
     assert_eq!(r.number.as_deref(), Some(case.case_number.as_str()));
-    assert_eq!(r.url, format!("{}/lightning/r/Case/{}/view", env.sim.base_url(), case.id));
+    assert_eq!(
+        r.url,
+        format!("{}/lightning/r/Case/{}/view", env.sim.base_url(), case.id)
+    );
     assert_eq!(f["Subject"], "Cannot log in");
     let description = f["Description"].as_str().unwrap();
     assert!(description.contains("I cannot log in"));
     assert!(description.contains("The customer cannot log in since the update."));
-    assert!(description.trim_end().ends_with(&format!("[escalator:{c}]")));
+    assert!(
+        description
+            .trim_end()
+            .ends_with(&format!("[escalator:{c}]"))
+    );
     assert_eq!(f["SuppliedName"], "Ada Lovelace");
     assert_eq!(f["SuppliedEmail"], "ada@example.com");
     assert_eq!(f["Origin"], "Chat");
@@ -275,9 +285,13 @@ async fn assignment_header_follows_the_config() {
     let env = env().await;
     let mut config = env.config();
     config.assignment_rule_id = Some("01Q000000000001AAA".into());
-    create(&env.client(config.clone()), &config, &escalation(&conv())).await.unwrap();
+    create(&env.client(config.clone()), &config, &escalation(&conv()))
+        .await
+        .unwrap();
     config.assignment_rule_id = None;
-    create(&env.client(config.clone()), &config, &escalation(&conv())).await.unwrap();
+    create(&env.client(config.clone()), &config, &escalation(&conv()))
+        .await
+        .unwrap();
     let posts = env.requests_to("POST", CASES);
     let header = |i: usize| {
         posts[i]
@@ -297,13 +311,17 @@ async fn token_is_fetched_once_and_shared_by_replicas() {
     let config = env.config();
     let client = env.client(config.clone());
     for _ in 0..50 {
-        create(&client, &config, &escalation(&conv())).await.unwrap();
+        create(&client, &config, &escalation(&conv()))
+            .await
+            .unwrap();
     }
     assert_eq!(env.sim.salesforce_cases().len(), 50);
     assert_eq!(env.sim.token_requests(), 1);
     // Another replica with the same Redis prefix reuses the token.
     let replica = env.client_with_store(config.clone(), &store(env.store.prefix()).await);
-    create(&replica, &config, &escalation(&conv())).await.unwrap();
+    create(&replica, &config, &escalation(&conv()))
+        .await
+        .unwrap();
     assert_eq!(env.sim.token_requests(), 1);
     env.cleanup().await;
 }
@@ -320,7 +338,11 @@ async fn concurrent_creates_from_two_replicas_fetch_one_token() {
         create(client, &config, e)
     });
     let results = futures_util::future::join_all(calls).await;
-    assert!(results.iter().all(Result::is_ok), "{:?}", results.iter().find(|r| r.is_err()));
+    assert!(
+        results.iter().all(Result::is_ok),
+        "{:?}",
+        results.iter().find(|r| r.is_err())
+    );
     assert_eq!(env.sim.salesforce_cases().len(), 20);
     assert_eq!(env.sim.token_requests(), 1);
     env.cleanup().await;
@@ -331,12 +353,21 @@ async fn expired_token_is_refreshed_once() {
     let env = env().await;
     let config = env.config();
     let client = env.client(config.clone());
-    create(&client, &config, &escalation(&conv())).await.unwrap();
+    create(&client, &config, &escalation(&conv()))
+        .await
+        .unwrap();
     assert_eq!(env.sim.token_requests(), 1);
     env.sim.expire_salesforce_tokens();
-    create(&client, &config, &escalation(&conv())).await.unwrap();
+    create(&client, &config, &escalation(&conv()))
+        .await
+        .unwrap();
     assert_eq!(env.sim.token_requests(), 2);
-    let refused = env.sim.requests().iter().filter(|r| r.status == 401).count();
+    let refused = env
+        .sim
+        .requests()
+        .iter()
+        .filter(|r| r.status == 401)
+        .count();
     assert_eq!(refused, 1);
 
     // Many tasks of two replicas hit the expired token at once: one refresh.
@@ -388,7 +419,9 @@ async fn token_endpoint_errors_are_permanent_and_name_the_fix() {
     ];
     for (body, kind, fix) in cases {
         env.sim.inject(fault("POST", TOKEN, 400, Some(body)));
-        let err = create(&client, &config, &escalation(&conv())).await.unwrap_err();
+        let err = create(&client, &config, &escalation(&conv()))
+            .await
+            .unwrap_err();
         assert_eq!(err.class, ErrorClass::Permanent, "{err}");
         assert_eq!(err.kind, kind, "{err}");
         assert!(err.message.contains(fix), "{err}");
@@ -396,19 +429,25 @@ async fn token_endpoint_errors_are_permanent_and_name_the_fix() {
     }
     // Server trouble at the token endpoint is transient.
     env.sim.inject(fault("POST", TOKEN, 503, None));
-    let err = create(&client, &config, &escalation(&conv())).await.unwrap_err();
+    let err = create(&client, &config, &escalation(&conv()))
+        .await
+        .unwrap_err();
     assert!(err.is_transient(), "{err}");
     // Wrong secret, for real.
     let wrong = SalesforceConfig {
         client_secret: Secret::new("not-the-secret"),
         ..config.clone()
     };
-    let err = create(&env.client(wrong.clone()), &wrong, &escalation(&conv())).await.unwrap_err();
+    let err = create(&env.client(wrong.clone()), &wrong, &escalation(&conv()))
+        .await
+        .unwrap_err();
     assert_eq!(err.kind, ProviderErrorKind::Authentication);
     assert!(!err.message.contains("not-the-secret"));
     assert!(env.sim.salesforce_cases().is_empty());
     // Nothing was cached by the failures: the next call works.
-    create(&client, &config, &escalation(&conv())).await.unwrap();
+    create(&client, &config, &escalation(&conv()))
+        .await
+        .unwrap();
     env.cleanup().await;
 }
 
@@ -419,7 +458,9 @@ async fn token_can_use_http_basic() {
         token_auth_basic: true,
         ..env.config()
     };
-    create(&env.client(config.clone()), &config, &escalation(&conv())).await.unwrap();
+    create(&env.client(config.clone()), &config, &escalation(&conv()))
+        .await
+        .unwrap();
     let token = &env.requests_to("POST", TOKEN)[0];
     assert!(!token.body.contains("client_id"), "{}", token.body);
     env.cleanup().await;
@@ -434,7 +475,9 @@ async fn request_limit_is_transient_without_token_refresh() {
         "POST",
         CASES,
         403,
-        Some(r#"[{"message":"TotalRequests Limit exceeded.","errorCode":"REQUEST_LIMIT_EXCEEDED"}]"#),
+        Some(
+            r#"[{"message":"TotalRequests Limit exceeded.","errorCode":"REQUEST_LIMIT_EXCEEDED"}]"#,
+        ),
     ));
     let e = escalation(&conv());
     let err = create(&client, &config, &e).await.unwrap_err();
@@ -464,9 +507,19 @@ async fn lock_and_server_errors_are_transient() {
     assert!(err.is_transient(), "{err}");
     assert_eq!(err.kind, ProviderErrorKind::Unavailable);
     env.sim.inject(fault("POST", CASES, 503, None));
-    assert!(create(&client, &config, &e).await.unwrap_err().is_transient());
+    assert!(
+        create(&client, &config, &e)
+            .await
+            .unwrap_err()
+            .is_transient()
+    );
     env.sim.inject(fault("POST", CASES, 500, None));
-    assert!(create(&client, &config, &e).await.unwrap_err().is_transient());
+    assert!(
+        create(&client, &config, &e)
+            .await
+            .unwrap_err()
+            .is_transient()
+    );
     create(&client, &config, &e).await.unwrap();
     assert_eq!(env.sim.salesforce_cases().len(), 1);
     env.cleanup().await;
@@ -477,7 +530,9 @@ async fn validation_errors_are_permanent_and_name_the_fields() {
     let env = env().await;
     let mut config = env.config();
     config.extra_fields = BTreeMap::from([("Bogus".to_string(), toml::Value::String("x".into()))]);
-    let err = create(&env.client(config.clone()), &config, &escalation(&conv())).await.unwrap_err();
+    let err = create(&env.client(config.clone()), &config, &escalation(&conv()))
+        .await
+        .unwrap_err();
     assert_eq!(err.class, ErrorClass::Permanent);
     assert_eq!(err.kind, ProviderErrorKind::Validation);
     assert!(err.message.contains("INVALID_FIELD"), "{err}");
@@ -487,9 +542,15 @@ async fn validation_errors_are_permanent_and_name_the_fields() {
         origin: Some("Carrier pigeon".into()),
         ..env.config()
     };
-    let err = create(&env.client(config.clone()), &config, &escalation(&conv())).await.unwrap_err();
+    let err = create(&env.client(config.clone()), &config, &escalation(&conv()))
+        .await
+        .unwrap_err();
     assert_eq!(err.class, ErrorClass::Permanent);
-    assert!(err.message.contains("INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST"), "{err}");
+    assert!(
+        err.message
+            .contains("INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST"),
+        "{err}"
+    );
     assert!(err.message.contains("fields: Origin"), "{err}");
 
     // Messages that quote the value are not passed on (customer data).
@@ -500,7 +561,9 @@ async fn validation_errors_are_permanent_and_name_the_fields() {
         400,
         Some(r#"[{"message":"Subject: data value too large: Cannot log in...","errorCode":"STRING_TOO_LONG","fields":["Subject"]}]"#),
     ));
-    let err = create(&env.client(config.clone()), &config, &escalation(&conv())).await.unwrap_err();
+    let err = create(&env.client(config.clone()), &config, &escalation(&conv()))
+        .await
+        .unwrap_err();
     assert_eq!(err.class, ErrorClass::Permanent);
     assert!(err.message.contains("STRING_TOO_LONG"));
     assert!(!err.message.contains("Cannot log in"), "{err}");
@@ -510,7 +573,9 @@ async fn validation_errors_are_permanent_and_name_the_fields() {
         400,
         Some(r#"[{"message":"Please check ada@example.com","errorCode":"FIELD_CUSTOM_VALIDATION_EXCEPTION","fields":[]}]"#),
     ));
-    let err = create(&env.client(config.clone()), &config, &escalation(&conv())).await.unwrap_err();
+    let err = create(&env.client(config.clone()), &config, &escalation(&conv()))
+        .await
+        .unwrap_err();
     assert!(err.message.contains("FIELD_CUSTOM_VALIDATION_EXCEPTION"));
     assert!(!err.message.contains("ada@example.com"), "{err}");
     assert!(env.sim.salesforce_cases().is_empty());
@@ -528,7 +593,9 @@ async fn upsert_creates_once_and_finds_the_case() {
     let first = create(&client, &config, &e).await.unwrap();
     // A replica that lost all state upserts again: same case.
     let other = store(&new_prefix()).await;
-    let again = create(&env.client_with_store(config.clone(), &other), &config, &e).await.unwrap();
+    let again = create(&env.client_with_store(config.clone(), &other), &config, &e)
+        .await
+        .unwrap();
     assert_eq!(first, again);
     let cases = env.sim.salesforce_cases();
     assert_eq!(cases.len(), 1);
@@ -536,10 +603,15 @@ async fn upsert_creates_once_and_finds_the_case() {
     let patches = env.requests_to("PATCH", &format!("{CASES}/{EXT_FIELD}/{c}"));
     assert_eq!(patches.len(), 2);
     let body: Value = serde_json::from_str(&patches[0].body).unwrap();
-    assert!(body.get(EXT_FIELD).is_none(), "the External ID goes in the URL only");
+    assert!(
+        body.get(EXT_FIELD).is_none(),
+        "the External ID goes in the URL only"
+    );
     // find_ticket from a replica without state: by SOQL on the External ID field.
     let other2 = store(&new_prefix()).await;
-    let found = find(&env.client_with_store(config.clone(), &other2), &config, &e).await.unwrap();
+    let found = find(&env.client_with_store(config.clone(), &other2), &config, &e)
+        .await
+        .unwrap();
     assert_eq!(found, Some(first));
     for s in [other, other2] {
         s.delete_all().await.unwrap();
@@ -564,17 +636,23 @@ async fn upsert_errors_are_permanent_and_explained() {
     });
     let err = create(&client, &config, &escalation(&c)).await.unwrap_err();
     assert_eq!(err.class, ErrorClass::Permanent, "{err}");
-    assert!(err.message.contains("500000000000011AAA") && err.message.contains("500000000000012AAA"), "{err}");
+    assert!(
+        err.message.contains("500000000000011AAA") && err.message.contains("500000000000012AAA"),
+        "{err}"
+    );
 
     let missing = SalesforceConfig {
         external_id_field: Some("No_Such_Field".into()),
         ..env.config()
     };
-    let err = create(&env.client(missing.clone()), &missing, &escalation(&conv())).await.unwrap_err();
+    let err = create(&env.client(missing.clone()), &missing, &escalation(&conv()))
+        .await
+        .unwrap_err();
     assert_eq!(err.class, ErrorClass::Permanent, "{err}");
     assert_eq!(err.kind, ProviderErrorKind::Configuration);
     assert!(
-        err.message.contains("No_Such_Field does not exist on Case or is not an External ID field"),
+        err.message
+            .contains("No_Such_Field does not exist on Case or is not an External ID field"),
         "{err}"
     );
     assert!(env.sim.salesforce_cases().is_empty());
@@ -586,12 +664,19 @@ async fn assert_one_full_transcript(env: &Env, e: &EscalationRequested, case_id:
     assert_eq!(cases.len(), 1);
     let description = cases[0].fields["Description"].as_str().unwrap();
     assert!(description.encode_utf16().count() <= 32_000);
-    assert!(description.trim_end().ends_with(&format!("[escalator:{}]", e.conversation_id)));
+    assert!(
+        description
+            .trim_end()
+            .ends_with(&format!("[escalator:{}]", e.conversation_id))
+    );
     let files = env.records("ContentVersion");
     assert_eq!(files.len(), 1, "exactly one transcript file");
     let f = &files[0].fields;
     assert_eq!(f["FirstPublishLocationId"], case_id);
-    assert_eq!(f["PathOnClient"], format!("transcript-{}.txt", e.conversation_id));
+    assert_eq!(
+        f["PathOnClient"],
+        format!("transcript-{}.txt", e.conversation_id)
+    );
     let data = base64::engine::general_purpose::STANDARD
         .decode(f["VersionData"].as_str().unwrap())
         .unwrap();
@@ -617,7 +702,9 @@ async fn long_transcript_is_cut_and_attached_once() {
     assert_eq!(env.requests_to("POST", &format!("{CASES}/")).len(), 1);
     // A crash-recovery lookup from a replica without state finishes nothing twice.
     let other = store(&new_prefix()).await;
-    let found = find(&env.client_with_store(config.clone(), &other), &config, &e).await.unwrap();
+    let found = find(&env.client_with_store(config.clone(), &other), &config, &e)
+        .await
+        .unwrap();
     assert_eq!(found.map(|f| f.id), Some(r.id.clone()));
     assert_one_full_transcript(&env, &e, &r.id).await;
     other.delete_all().await.unwrap();
@@ -635,9 +722,16 @@ async fn long_transcript_with_upsert_is_attached_once() {
         after_effect: true,
         ..fault("POST", CONTENT_VERSION, 503, None)
     });
-    assert!(create(&client, &config, &e).await.unwrap_err().is_transient());
+    assert!(
+        create(&client, &config, &e)
+            .await
+            .unwrap_err()
+            .is_transient()
+    );
     let other = store(&new_prefix()).await;
-    let r = create(&env.client_with_store(config.clone(), &other), &config, &e).await.unwrap();
+    let r = create(&env.client_with_store(config.clone(), &other), &config, &e)
+        .await
+        .unwrap();
     assert_one_full_transcript(&env, &e, &r.id).await;
     other.delete_all().await.unwrap();
     env.cleanup().await;
@@ -651,7 +745,9 @@ async fn guarded_create_survives_a_lost_answer() {
     let c = conv();
     let e = escalation(&c);
     // Another conversation of the same customer with the same subject.
-    let decoy = create(&client, &config, &escalation(&conv())).await.unwrap();
+    let decoy = create(&client, &config, &escalation(&conv()))
+        .await
+        .unwrap();
     // Salesforce creates the case, the connection drops before the answer.
     env.sim.inject(FaultRule {
         drop_connection: true,
@@ -663,11 +759,17 @@ async fn guarded_create_survives_a_lost_answer() {
     assert_eq!(env.sim.salesforce_cases().len(), 2);
 
     // The pipeline's crash guard asks first: found by Subject + email + marker.
-    let found = find(&client, &config, &e).await.unwrap().expect("the case of the lost answer");
+    let found = find(&client, &config, &e)
+        .await
+        .unwrap()
+        .expect("the case of the lost answer");
     assert_ne!(found.id, decoy.id);
     let created = env.sim.salesforce_cases();
     assert_eq!(found.id, created[1].id);
-    assert_eq!(found.number.as_deref(), Some(created[1].case_number.as_str()));
+    assert_eq!(
+        found.number.as_deref(),
+        Some(created[1].case_number.as_str())
+    );
     // A retried create without asking resumes too.
     let again = create(&client, &config, &e).await.unwrap();
     assert_eq!(again, found);
@@ -675,10 +777,15 @@ async fn guarded_create_survives_a_lost_answer() {
 
     // Same with no state at all (another replica, Redis marker gone).
     let other = store(&new_prefix()).await;
-    let found2 = find(&env.client_with_store(config.clone(), &other), &config, &e).await.unwrap();
+    let found2 = find(&env.client_with_store(config.clone(), &other), &config, &e)
+        .await
+        .unwrap();
     assert_eq!(found2, Some(found));
     // Nothing created for an unknown conversation.
-    assert_eq!(find(&client, &config, &escalation(&conv())).await.unwrap(), None);
+    assert_eq!(
+        find(&client, &config, &escalation(&conv())).await.unwrap(),
+        None
+    );
     other.delete_all().await.unwrap();
     env.cleanup().await;
 }
@@ -694,7 +801,12 @@ async fn guarded_create_retries_after_a_pending_failure() {
         drop_connection: true,
         ..fault("POST", &format!("{CASES}/"), 503, None)
     });
-    assert!(create(&client, &config, &e).await.unwrap_err().is_transient());
+    assert!(
+        create(&client, &config, &e)
+            .await
+            .unwrap_err()
+            .is_transient()
+    );
     assert!(env.sim.salesforce_cases().is_empty());
     let r = create(&client, &config, &e).await.unwrap();
     assert_eq!(env.sim.salesforce_cases().len(), 1);
@@ -727,7 +839,12 @@ async fn customer_messages_become_case_comments_once() {
     let comments = env.records("CaseComment");
     assert_eq!(comments.len(), 1);
     assert_eq!(comments[0].fields["ParentId"], case.id);
-    assert!(comments[0].fields["CommentBody"].as_str().unwrap().ends_with("Any news?"));
+    assert!(
+        comments[0].fields["CommentBody"]
+            .as_str()
+            .unwrap()
+            .ends_with("Any news?")
+    );
     // Same text, another message: not mistaken for the first.
     let m2 = message(&c, "m2", "Any news?".into());
     assert!(!client.has_customer_message(&case, &m2).await.unwrap());
@@ -738,16 +855,31 @@ async fn customer_messages_become_case_comments_once() {
         after_effect: true,
         ..fault("POST", CASE_COMMENT, 503, None)
     });
-    assert!(client.add_customer_message(&case, &m3).await.unwrap_err().is_transient());
+    assert!(
+        client
+            .add_customer_message(&case, &m3)
+            .await
+            .unwrap_err()
+            .is_transient()
+    );
     assert!(!client.has_customer_message(&case, &m3).await.unwrap());
     client.add_customer_message(&case, &m3).await.unwrap();
     assert!(client.has_customer_message(&case, &m3).await.unwrap());
     let comments = env.records("CaseComment");
     assert_eq!(comments.len(), 4);
-    let bodies: Vec<&str> = comments.iter().map(|c| c.fields["CommentBody"].as_str().unwrap()).collect();
+    let bodies: Vec<&str> = comments
+        .iter()
+        .map(|c| c.fields["CommentBody"].as_str().unwrap())
+        .collect();
     assert!(bodies.iter().all(|b| b.encode_utf16().count() <= 4_000));
     assert!(bodies[1..].iter().all(|b| b.contains("part ")));
-    assert_eq!(bodies[1..].iter().map(|b| b.matches('w').count()).sum::<usize>(), 9_000);
+    assert_eq!(
+        bodies[1..]
+            .iter()
+            .map(|b| b.matches('w').count())
+            .sum::<usize>(),
+        9_000
+    );
 
     // Not a Salesforce id: permanent.
     let bad = ExternalRef {

@@ -3,6 +3,7 @@
 //! concurrency model (a task per delivery, at most `concurrency` at work)
 //! takes each message from a quorum queue, publishes one message with a
 //! publisher confirm to another quorum queue, and then acks. No HTTP, no Redis.
+use super::cpu::{self, CpuUse};
 use super::measure::{self, Arrival, Measurement, Source};
 use super::pipeline::escalation;
 use super::{PUBLISH_IN_FLIGHT, WARMUP, stage_deadline};
@@ -30,30 +31,51 @@ pub const OUT_QUEUE: &str = "bench.baseline.out";
 /// The first failure of the baseline consumer, for the error message.
 type Failure = Arc<Mutex<Option<String>>>;
 
-pub async fn run(settings: &Settings, count: usize) -> Result<Measurement, String> {
+/// The figures of the baseline stage.
+pub struct BaselineResult {
+    pub measurement: Measurement,
+    /// CPU used during the measured run.
+    pub cpu: Option<CpuUse>,
+}
+
+pub async fn run(settings: &Settings, count: usize) -> Result<BaselineResult, String> {
     let client = amqp::connect(&settings.amqp_url, "escalator-bench-baseline-client")
         .await
-        .map_err(|e| format!("cannot reach RabbitMQ at {}: {e}", settings.amqp_url_redacted()))?;
-    let channel = client.create_channel().await.map_err(|e| format!("baseline: cannot open a channel: {e}"))?;
+        .map_err(|e| {
+            format!(
+                "cannot reach RabbitMQ at {}: {e}",
+                settings.amqp_url_redacted()
+            )
+        })?;
+    let channel = client
+        .create_channel()
+        .await
+        .map_err(|e| format!("baseline: cannot open a channel: {e}"))?;
     let result = match declare(&channel).await {
         Ok(()) => measure_on(settings, &client, count).await,
         Err(e) => Err(e),
     };
     let deleted = delete(&channel).await;
     let _ = client.close(200, ShortString::from("bye")).await;
-    let measurement = result?;
+    let measured = result?;
     deleted?;
-    Ok(measurement)
+    Ok(measured)
 }
 
 async fn declare(channel: &Channel) -> Result<(), String> {
     let mut args = FieldTable::default();
-    args.insert(ShortString::from("x-queue-type"), AMQPValue::LongString(LongString::from("quorum")));
+    args.insert(
+        ShortString::from("x-queue-type"),
+        AMQPValue::LongString(LongString::from("quorum")),
+    );
     for q in [IN_QUEUE, OUT_QUEUE] {
         channel
             .queue_declare(
                 ShortString::from(q),
-                QueueDeclareOptions { durable: true, ..Default::default() },
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
                 args.clone(),
             )
             .await
@@ -70,17 +92,33 @@ async fn declare(channel: &Channel) -> Result<(), String> {
 async fn delete(channel: &Channel) -> Result<(), String> {
     let mut problems = Vec::new();
     for q in [IN_QUEUE, OUT_QUEUE] {
-        if let Err(e) = channel.queue_delete(ShortString::from(q), QueueDeleteOptions::default()).await {
+        if let Err(e) = channel
+            .queue_delete(ShortString::from(q), QueueDeleteOptions::default())
+            .await
+        {
             problems.push(format!("cannot delete the baseline queue {q}: {e}"));
         }
     }
-    if problems.is_empty() { Ok(()) } else { Err(problems.join("; ")) }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; "))
+    }
 }
 
-async fn measure_on(settings: &Settings, client: &Connection, count: usize) -> Result<Measurement, String> {
+async fn measure_on(
+    settings: &Settings,
+    client: &Connection,
+    count: usize,
+) -> Result<BaselineResult, String> {
     let worker_conn = amqp::connect(&settings.amqp_url, "escalator-bench-baseline-worker")
         .await
-        .map_err(|e| format!("cannot reach RabbitMQ at {}: {e}", settings.amqp_url_redacted()))?;
+        .map_err(|e| {
+            format!(
+                "cannot reach RabbitMQ at {}: {e}",
+                settings.amqp_url_redacted()
+            )
+        })?;
     let stop = CancellationToken::new();
     let failure: Failure = Arc::default();
     let result = async {
@@ -96,43 +134,73 @@ async fn measure_on(settings: &Settings, client: &Connection, count: usize) -> R
     result
 }
 
-async fn rounds(client: &Connection, count: usize, failure: Failure) -> Result<Measurement, String> {
-    let publisher = Publisher::open(client).await.map_err(|e| format!("baseline: cannot open a publisher: {e}"))?;
+async fn rounds(
+    client: &Connection,
+    count: usize,
+    failure: Failure,
+) -> Result<BaselineResult, String> {
+    let publisher = Publisher::open(client)
+        .await
+        .map_err(|e| format!("baseline: cannot open a publisher: {e}"))?;
     let source = OutQueue::open(client, failure).await?;
     let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
 
     println!("baseline: warming up with {WARMUP} messages");
-    let warm: Vec<String> = (0..WARMUP).map(|i| format!("bench-{run}-warm-{i:03}")).collect();
+    let warm: Vec<String> = (0..WARMUP)
+        .map(|i| format!("bench-{run}-warm-{i:03}"))
+        .collect();
     let (source, _, _, _) = round(&publisher, source, &warm, "baseline warm-up").await?;
 
     println!("baseline: publishing {count} messages ({PUBLISH_IN_FLIGHT} in flight)");
     let ids: Vec<String> = (0..count).map(|i| format!("bench-{run}-{i:06}")).collect();
+    let (cpu_before, started) = (cpu::Snapshot::take(), Instant::now());
     let (_, sent, last_confirm, received) = round(&publisher, source, &ids, "baseline").await?;
+    let cpu = cpu_before
+        .zip(cpu::Snapshot::take())
+        .map(|(a, b)| a.until(&b, started.elapsed()));
     let m = Measurement::new(&ids, &sent, last_confirm, &received)?;
     println!(
         "baseline: {count} messages through in {:.2} s (publishing took {:.2} s)",
         m.elapsed.as_secs_f64(),
         m.publish_elapsed.as_secs_f64()
     );
-    Ok(m)
+    Ok(BaselineResult {
+        measurement: m,
+        cpu,
+    })
 }
 
-type Round = (OutQueue, Vec<measure::Stamp>, Instant, std::collections::HashMap<String, measure::Stamp>);
+type Round = (
+    OutQueue,
+    Vec<measure::Stamp>,
+    Instant,
+    std::collections::HashMap<String, measure::Stamp>,
+);
 
-async fn round(publisher: &Publisher, source: OutQueue, ids: &[String], what: &str) -> Result<Round, String> {
+async fn round(
+    publisher: &Publisher,
+    source: OutQueue,
+    ids: &[String],
+    what: &str,
+) -> Result<Round, String> {
     let bodies: Vec<serde_json::Value> = ids.iter().map(|id| escalation(id)).collect();
     let expected: HashSet<String> = ids.iter().cloned().collect();
     let deadline = Instant::now() + stage_deadline(ids.len());
     let what_owned = what.to_string();
     let collector =
-        tokio::spawn(async move { measure::collect(source, expected, deadline, &what_owned).await });
+        tokio::spawn(
+            async move { measure::collect(source, expected, deadline, &what_owned).await },
+        );
     let published = measure::publish_all(ids.len(), PUBLISH_IN_FLIGHT, |i| {
         let (id, body) = (&ids[i], &bodies[i]);
         async move {
             // Serialized per publish, as the sandbox does for the pipeline.
             let bytes = serde_json::to_vec(body).map_err(|e| e.to_string())?;
             let props = json_properties().with_message_id(ShortString::from(id.as_str()));
-            publisher.publish("", IN_QUEUE, &bytes, props).await.map_err(|e| e.to_string())
+            publisher
+                .publish("", IN_QUEUE, &bytes, props)
+                .await
+                .map_err(|e| e.to_string())
         }
     })
     .await;
@@ -156,7 +224,10 @@ async fn start_worker(
     stop: CancellationToken,
     failure: Failure,
 ) -> Result<tokio::task::JoinHandle<()>, String> {
-    let channel = conn.create_channel().await.map_err(|e| format!("baseline worker: cannot open a channel: {e}"))?;
+    let channel = conn
+        .create_channel()
+        .await
+        .map_err(|e| format!("baseline worker: cannot open a channel: {e}"))?;
     channel
         .basic_qos(settings.prefetch, BasicQosOptions::default())
         .await
@@ -170,10 +241,13 @@ async fn start_worker(
         )
         .await
         .map_err(|e| format!("baseline worker: cannot consume {IN_QUEUE}: {e}"))?;
-    let publisher =
-        Publisher::open(conn).await.map_err(|e| format!("baseline worker: cannot open a publisher: {e}"))?;
+    let publisher = Publisher::open(conn)
+        .await
+        .map_err(|e| format!("baseline worker: cannot open a publisher: {e}"))?;
     let permits = Arc::new(Semaphore::new(settings.concurrency.max(1)));
-    Ok(tokio::spawn(serve(channel, consumer, publisher, permits, stop, failure)))
+    Ok(tokio::spawn(serve(
+        channel, consumer, publisher, permits, stop, failure,
+    )))
 }
 
 async fn serve(
@@ -192,7 +266,12 @@ async fn serve(
         };
         match next {
             Some(Ok(delivery)) => {
-                tasks.spawn(forward(delivery, publisher.clone(), permits.clone(), failure.clone()));
+                tasks.spawn(forward(
+                    delivery,
+                    publisher.clone(),
+                    permits.clone(),
+                    failure.clone(),
+                ));
             }
             Some(Err(e)) => {
                 fail(&failure, format!("the baseline consumer failed: {e}"));
@@ -202,7 +281,10 @@ async fn serve(
         }
         while tasks.try_join_next().is_some() {}
     }
-    let _ = tokio::time::timeout(Duration::from_secs(5), async { while tasks.join_next().await.is_some() {} }).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
     tasks.abort_all();
     let _ = channel.close(200, ShortString::from("bye")).await;
 }
@@ -223,8 +305,17 @@ async fn forward(d: Delivery, publisher: Publisher, permits: Arc<Semaphore>, fai
             }
         }
         Err(e) => {
-            fail(&failure, format!("the baseline worker's publish to {OUT_QUEUE} failed: {e}"));
-            let _ = d.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+            fail(
+                &failure,
+                format!("the baseline worker's publish to {OUT_QUEUE} failed: {e}"),
+            );
+            let _ = d
+                .acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                })
+                .await;
         }
     }
 }
@@ -247,7 +338,10 @@ struct OutQueue {
 
 impl OutQueue {
     async fn open(conn: &Connection, failure: Failure) -> Result<OutQueue, String> {
-        let channel = conn.create_channel().await.map_err(|e| format!("baseline: cannot open a channel: {e}"))?;
+        let channel = conn
+            .create_channel()
+            .await
+            .map_err(|e| format!("baseline: cannot open a channel: {e}"))?;
         let consumer = channel
             .basic_consume(
                 ShortString::from(OUT_QUEUE),
@@ -274,7 +368,11 @@ impl Source for OutQueue {
         let delivery = match next {
             Some(Ok(d)) => d,
             Some(Err(e)) => return Err(format!("baseline: the {OUT_QUEUE} consumer failed: {e}")),
-            None => return Err(format!("baseline: the {OUT_QUEUE} consumer ended (connection lost?)")),
+            None => {
+                return Err(format!(
+                    "baseline: the {OUT_QUEUE} consumer ended (connection lost?)"
+                ));
+            }
         };
         delivery
             .acker
@@ -284,6 +382,8 @@ impl Source for OutQueue {
         // Read the body as the pipeline's listener reads its events.
         let body: serde_json::Value = serde_json::from_slice(&delivery.data)
             .map_err(|e| format!("baseline: unreadable message on {OUT_QUEUE}: {e}"))?;
-        Ok(body["conversation_id"].as_str().map_or(Arrival::Ignored, |c| Arrival::Event(c.to_string())))
+        Ok(body["conversation_id"]
+            .as_str()
+            .map_or(Arrival::Ignored, |c| Arrival::Event(c.to_string())))
     }
 }

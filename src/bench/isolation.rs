@@ -4,8 +4,19 @@ use crate::store::Store;
 use serde_json::json;
 use std::time::Duration;
 
-/// The RabbitMQ management API (vhosts and permissions).
+/// The RabbitMQ management API (vhosts and permissions), unless
+/// `ESCALATOR_MANAGEMENT_URL` names another.
 pub const MANAGEMENT_URL: &str = "http://127.0.0.1:15672";
+
+fn management_url() -> String {
+    std::env::var("ESCALATOR_MANAGEMENT_URL")
+        .ok()
+        .filter(|u| !u.trim().is_empty())
+        .map_or_else(
+            || MANAGEMENT_URL.to_string(),
+            |u| u.trim_end_matches('/').to_string(),
+        )
+}
 
 pub struct Isolation {
     /// The vhost made for this run; `None` when the default vhost is used.
@@ -18,6 +29,7 @@ pub struct Isolation {
 }
 
 struct Management {
+    base: String,
     http: reqwest::Client,
     user: String,
     password: String,
@@ -35,7 +47,12 @@ impl Isolation {
             .timeout(Duration::from_secs(10))
             .build()
             .map_err(|e| format!("cannot build the HTTP client for the management API: {e}"))?;
-        let management = Management { http, user, password };
+        let management = Management {
+            base: management_url(),
+            http,
+            user,
+            password,
+        };
         match management.create_vhost(&vhost).await {
             Ok(()) => Ok(Isolation {
                 amqp_url: with_vhost(&settings.amqp_url, &vhost)?,
@@ -77,10 +94,19 @@ impl Isolation {
         {
             problems.push(e);
         }
-        match Store::connect(&settings.redis_url, &self.key_prefix, Duration::from_secs(60)).await {
+        match Store::connect(
+            &settings.redis_url,
+            &self.key_prefix,
+            Duration::from_secs(60),
+        )
+        .await
+        {
             Ok(store) => {
                 if let Err(e) = store.delete_all().await {
-                    problems.push(format!("cannot delete the Redis keys {}:*: {e}", self.key_prefix));
+                    problems.push(format!(
+                        "cannot delete the Redis keys {}:*: {e}",
+                        self.key_prefix
+                    ));
                 }
             }
             Err(e) => problems.push(format!(
@@ -89,13 +115,17 @@ impl Isolation {
                 self.key_prefix
             )),
         }
-        if problems.is_empty() { Ok(()) } else { Err(problems.join("; ")) }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
     }
 }
 
 impl Management {
     fn url(&self, path: &str) -> String {
-        format!("{MANAGEMENT_URL}{path}")
+        format!("{}{path}", self.base)
     }
 
     async fn create_vhost(&self, vhost: &str) -> Result<(), String> {
@@ -107,10 +137,16 @@ impl Management {
             .json(&json!({}))
             .send()
             .await
-            .map_err(|e| format!("the RabbitMQ management API at {MANAGEMENT_URL} is not reachable ({e})"))?;
+            .map_err(|e| {
+                format!(
+                    "the RabbitMQ management API at {} is not reachable ({e})",
+                    self.base
+                )
+            })?;
         if !resp.status().is_success() {
             return Err(format!(
-                "the RabbitMQ management API at {MANAGEMENT_URL} refused to create vhost {vhost}: HTTP {}",
+                "the RabbitMQ management API at {} refused to create vhost {vhost}: HTTP {}",
+                self.base,
                 resp.status()
             ));
         }
@@ -132,7 +168,10 @@ impl Management {
             });
         if let Err(e) = granted {
             let _ = self.delete_vhost(vhost).await;
-            return Err(format!("cannot grant {} permissions on vhost {vhost}: {e}", self.user));
+            return Err(format!(
+                "cannot grant {} permissions on vhost {vhost}: {e}",
+                self.user
+            ));
         }
         Ok(())
     }
@@ -149,7 +188,10 @@ impl Management {
         if resp.status().is_success() || resp.status() == reqwest::StatusCode::NOT_FOUND {
             Ok(())
         } else {
-            Err(format!("cannot delete vhost {vhost}: HTTP {}", resp.status()))
+            Err(format!(
+                "cannot delete vhost {vhost}: HTTP {}",
+                resp.status()
+            ))
         }
     }
 }
@@ -201,9 +243,12 @@ fn credentials(url: &str) -> (String, String) {
 
 /// `url` with its vhost (path) replaced by `vhost`; the query is kept.
 fn with_vhost(url: &str, vhost: &str) -> Result<String, String> {
-    let (scheme, rest) = url
-        .split_once("://")
-        .ok_or_else(|| format!("the AMQP URL {} has no scheme", crate::settings::redact_url(url)))?;
+    let (scheme, rest) = url.split_once("://").ok_or_else(|| {
+        format!(
+            "the AMQP URL {} has no scheme",
+            crate::settings::redact_url(url)
+        )
+    })?;
     let end = rest.find(['/', '?']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(end);
     let query = tail.find('?').map_or("", |i| &tail[i..]);
@@ -229,7 +274,13 @@ mod tests {
 
     #[test]
     fn reads_credentials() {
-        assert_eq!(credentials("amqp://u%40x:p%3Aw@h/%2f"), ("u@x".into(), "p:w".into()));
-        assert_eq!(credentials("amqp://h:5672/%2f"), ("guest".into(), "guest".into()));
+        assert_eq!(
+            credentials("amqp://u%40x:p%3Aw@h/%2f"),
+            ("u@x".into(), "p:w".into())
+        );
+        assert_eq!(
+            credentials("amqp://h:5672/%2f"),
+            ("guest".into(), "guest".into())
+        );
     }
 }

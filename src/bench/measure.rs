@@ -16,7 +16,10 @@ pub struct Stamp {
 
 impl Stamp {
     pub fn now() -> Stamp {
-        Stamp { at: Instant::now(), wall: Utc::now() }
+        Stamp {
+            at: Instant::now(),
+            wall: Utc::now(),
+        }
     }
 }
 
@@ -24,7 +27,11 @@ impl Stamp {
 /// `publish(i)` must be lazy (an `async` block or fn): the time stamp of
 /// message `i` is taken right before it is first polled. Returns the stamps
 /// in message order and when the last confirm arrived.
-pub async fn publish_all<F, Fut>(n: usize, in_flight: usize, publish: F) -> Result<(Vec<Stamp>, Instant), String>
+pub async fn publish_all<F, Fut>(
+    n: usize,
+    in_flight: usize,
+    publish: F,
+) -> Result<(Vec<Stamp>, Instant), String>
 where
     F: Fn(usize) -> Fut,
     Fut: Future<Output = Result<(), String>>,
@@ -35,7 +42,10 @@ where
             let publish = publish(i);
             async move {
                 let stamp = Stamp::now();
-                publish.await.map(|()| (i, stamp)).map_err(|e| format!("publishing message {i} failed: {e}"))
+                publish
+                    .await
+                    .map(|()| (i, stamp))
+                    .map_err(|e| format!("publishing message {i} failed: {e}"))
             }
         })
         .buffer_unordered(in_flight.max(1));
@@ -136,11 +146,17 @@ impl Measurement {
         last_confirm: Instant,
         received: &HashMap<String, Stamp>,
     ) -> Result<Measurement, String> {
-        let first = sent.iter().map(|s| s.at).min().ok_or("nothing was published")?;
+        let first = sent
+            .iter()
+            .map(|s| s.at)
+            .min()
+            .ok_or("nothing was published")?;
         let mut last = first;
         let mut latencies = Vec::with_capacity(ids.len());
         for (id, s) in ids.iter().zip(sent) {
-            let r = received.get(id).ok_or_else(|| format!("no arrival recorded for {id}"))?;
+            let r = received
+                .get(id)
+                .ok_or_else(|| format!("no arrival recorded for {id}"))?;
             latencies.push(r.at.saturating_duration_since(s.at));
             last = last.max(r.at);
         }
@@ -169,7 +185,11 @@ impl Measurement {
 
 pub fn per_second(count: usize, elapsed: Duration) -> f64 {
     let secs = elapsed.as_secs_f64();
-    if secs > 0.0 { count as f64 / secs } else { f64::INFINITY }
+    if secs > 0.0 {
+        count as f64 / secs
+    } else {
+        f64::INFINITY
+    }
 }
 
 /// Nearest-rank percentile of sorted durations (zero when empty).

@@ -6,9 +6,11 @@
 //! The run isolates itself: a fresh RabbitMQ vhost (management API) and a
 //! unique Redis key prefix, both removed at the end, also after an error.
 mod baseline;
+mod cpu;
 mod isolation;
 mod measure;
 mod pipeline;
+mod profile;
 mod report;
 
 use crate::settings::Settings;
@@ -25,7 +27,8 @@ pub const STALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The longest a stage of `count` messages may take, warm-up included.
 fn stage_deadline(count: usize) -> Duration {
-    Duration::from_secs(120) + Duration::from_millis(100).saturating_mul(u32::try_from(count).unwrap_or(u32::MAX))
+    Duration::from_secs(120)
+        + Duration::from_millis(100).saturating_mul(u32::try_from(count).unwrap_or(u32::MAX))
 }
 
 pub async fn run(settings: Settings, count: usize) -> Result<(), String> {
@@ -40,8 +43,16 @@ pub async fn run(settings: Settings, count: usize) -> Result<(), String> {
     let mut settings = settings;
     settings.amqp_url = isolation.amqp_url.clone();
     settings.key_prefix = isolation.key_prefix.clone();
-    println!("  RabbitMQ  {} ({})", settings.amqp_url_redacted(), isolation.vhost_note());
-    println!("  Redis     {} (key prefix {})", settings.redis_url_redacted(), settings.key_prefix);
+    println!(
+        "  RabbitMQ  {} ({})",
+        settings.amqp_url_redacted(),
+        isolation.vhost_note()
+    );
+    println!(
+        "  Redis     {} (key prefix {})",
+        settings.redis_url_redacted(),
+        settings.key_prefix
+    );
 
     let outcome = tokio::select! {
         r = stages(&settings, count) => r,
@@ -58,7 +69,9 @@ pub async fn run(settings: Settings, count: usize) -> Result<(), String> {
         }
         (Ok(report), Err(cleanup)) => {
             report.print();
-            Err(format!("the benchmark ran, but cleaning up failed: {cleanup}"))
+            Err(format!(
+                "the benchmark ran, but cleaning up failed: {cleanup}"
+            ))
         }
         (Err(e), Ok(())) => Err(e),
         (Err(e), Err(cleanup)) => Err(format!("{e}\n(cleaning up failed too: {cleanup})")),

@@ -1,12 +1,14 @@
 //! The pipeline stage: escalations through the in-process sandbox (worker +
 //! Zendesk simulator), from `escalator.inbound` to `escalation.created` on
 //! `escalator.outbound`.
-use super::measure::{self, Arrival, Measurement, Source, Stamp, percentile};
+use super::cpu::{self, CpuUse};
+use super::measure::{self, Arrival, Measurement, Source, Stamp};
+use super::profile::{self, Profile, Sampler};
 use super::{PUBLISH_IN_FLIGHT, WARMUP, stage_deadline};
 use crate::contract::OutboundPayload;
 use crate::sandbox::{Listener, Sandbox, ZENDESK_ORG, sandbox_config};
 use crate::settings::Settings;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use serde_json::json;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -17,51 +19,51 @@ const ROUTING_KEY: &str = "escalation.requested";
 /// The figures of the pipeline stage.
 pub struct PipelineResult {
     pub measurement: Measurement,
-    /// Where the time went, per escalation (from the simulator's request log).
-    pub breakdown: Option<Breakdown>,
+    /// Where the time went (worker records, simulator log, queue polls).
+    pub profile: Option<Profile>,
     /// Size of one published event body, in bytes.
     pub body_bytes: usize,
-}
-
-/// Per-escalation split at the moment the simulator answered the ticket create.
-pub struct Breakdown {
-    pub to_ticket: Vec<Duration>,
-    pub after_ticket: Vec<Duration>,
-    /// Ticket creates per second, first publish to last create.
-    pub ticket_rate: f64,
-    /// Provider requests per escalation.
-    pub requests_per_escalation: f64,
-}
-
-impl Breakdown {
-    pub fn to_ticket_p(&self, p: f64) -> Duration {
-        percentile(&self.to_ticket, p)
-    }
-    pub fn after_ticket_p(&self, p: f64) -> Duration {
-        percentile(&self.after_ticket, p)
-    }
+    /// CPU used during the measured run.
+    pub cpu: Option<CpuUse>,
 }
 
 pub async fn run(settings: &Settings, count: usize) -> Result<PipelineResult, String> {
     let sandbox = Sandbox::start(settings.clone(), sandbox_config).await?;
-    let result = measure(&sandbox, count).await;
+    let result = measure(&sandbox, settings, count).await;
     sandbox.stop().await;
     result
 }
 
-async fn measure(sandbox: &Sandbox, count: usize) -> Result<PipelineResult, String> {
+async fn measure(
+    sandbox: &Sandbox,
+    settings: &Settings,
+    count: usize,
+) -> Result<PipelineResult, String> {
     let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
     let listener = sandbox.listen(&format!("{ZENDESK_ORG}.#")).await?;
     let source = Outbound { listener };
 
     println!("pipeline: warming up with {WARMUP} escalations");
-    let warm: Vec<String> = (0..WARMUP).map(|i| format!("bench-{run}-warm-{i:03}")).collect();
+    let warm: Vec<String> = (0..WARMUP)
+        .map(|i| format!("bench-{run}-warm-{i:03}"))
+        .collect();
     let (source, _, _, _) = round(sandbox, source, &warm, "pipeline warm-up").await?;
     let requests_before = sandbox.sim.requests().len();
 
     println!("pipeline: publishing {count} escalations ({PUBLISH_IN_FLIGHT} in flight)");
     let ids: Vec<String> = (0..count).map(|i| format!("bench-{run}-{i:06}")).collect();
-    let (_, sent, last_confirm, received) = round(sandbox, source, &ids, "pipeline").await?;
+    let sampler = Sampler::start(settings).await;
+    let sampler_started = sampler.as_ref().map(|s| s.started);
+    let (cpu_before, started) = (cpu::Snapshot::take(), Instant::now());
+    let result = round(sandbox, source, &ids, "pipeline").await;
+    let cpu = cpu_before
+        .zip(cpu::Snapshot::take())
+        .map(|(a, b)| a.until(&b, started.elapsed()));
+    let samples = match sampler {
+        Some(s) => s.finish().await,
+        None => Vec::new(),
+    };
+    let (_, sent, last_confirm, received) = result?;
     let measurement = Measurement::new(&ids, &sent, last_confirm, &received)?;
     println!(
         "pipeline: {count} escalation.created events in {:.2} s (publishing took {:.2} s)",
@@ -69,22 +71,46 @@ async fn measure(sandbox: &Sandbox, count: usize) -> Result<PipelineResult, Stri
         measurement.publish_elapsed.as_secs_f64()
     );
     let requests = sandbox.sim.requests();
-    let breakdown = breakdown(&ids, &sent, &received, &requests[requests_before.min(requests.len())..]);
-    let body_bytes = serde_json::to_vec(&escalation(&ids[0])).map(|b| b.len()).unwrap_or(0);
-    Ok(PipelineResult { measurement, breakdown, body_bytes })
+    let requests = &requests[requests_before.min(requests.len())..];
+    let profile = profile::build(
+        settings,
+        &ids,
+        &sent,
+        &received,
+        requests,
+        samples,
+        sampler_started,
+    )
+    .await;
+    let body_bytes = serde_json::to_vec(&escalation(&ids[0]))
+        .map(|b| b.len())
+        .unwrap_or(0);
+    Ok(PipelineResult {
+        measurement,
+        profile,
+        body_bytes,
+        cpu,
+    })
 }
 
 type Round = (Outbound, Vec<Stamp>, Instant, HashMap<String, Stamp>);
 
 /// Publish one escalation per id while collecting their `escalation.created` events.
-async fn round(sandbox: &Sandbox, source: Outbound, ids: &[String], what: &str) -> Result<Round, String> {
+async fn round(
+    sandbox: &Sandbox,
+    source: Outbound,
+    ids: &[String],
+    what: &str,
+) -> Result<Round, String> {
     let bodies: Vec<serde_json::Value> = ids.iter().map(|id| escalation(id)).collect();
     let message_ids: Vec<String> = ids.iter().map(|id| format!("{id}-escalation")).collect();
     let expected: HashSet<String> = ids.iter().cloned().collect();
     let deadline = Instant::now() + stage_deadline(ids.len());
     let what_owned = what.to_string();
     let collector =
-        tokio::spawn(async move { measure::collect(source, expected, deadline, &what_owned).await });
+        tokio::spawn(
+            async move { measure::collect(source, expected, deadline, &what_owned).await },
+        );
     let published = measure::publish_all(ids.len(), PUBLISH_IN_FLIGHT, |i| {
         sandbox.publish(ROUTING_KEY, &message_ids[i], &bodies[i])
     })
@@ -141,44 +167,10 @@ impl Source for Outbound {
             },
             // Listener::next says None both on timeout and when the consumer ends.
             None if started.elapsed() + Duration::from_millis(5) >= wait => Ok(Arrival::TimedOut),
-            None => Err("the outbound listener stopped (connection lost?) or got an unreadable event".into()),
+            None => Err(
+                "the outbound listener stopped (connection lost?) or got an unreadable event"
+                    .into(),
+            ),
         }
     }
-}
-
-/// Split each escalation's latency at the simulator's answer to its ticket create.
-fn breakdown(
-    ids: &[String],
-    sent: &[Stamp],
-    received: &HashMap<String, Stamp>,
-    requests: &[crate::sim::RecordedRequest],
-) -> Option<Breakdown> {
-    let mut created: HashMap<String, DateTime<Utc>> = HashMap::new();
-    for r in requests {
-        if r.method == "POST" && r.path.starts_with("/api/v2/tickets") && (200..300).contains(&r.status) {
-            let body: serde_json::Value = serde_json::from_str(&r.body).ok()?;
-            if let Some(conv) = body["ticket"]["external_id"].as_str() {
-                created.entry(conv.to_string()).or_insert(r.at);
-            }
-        }
-    }
-    let first_publish = sent.iter().map(|s| s.wall).min()?;
-    let mut last_ticket = first_publish;
-    let mut to_ticket = Vec::with_capacity(ids.len());
-    let mut after_ticket = Vec::with_capacity(ids.len());
-    for (id, s) in ids.iter().zip(sent) {
-        let at = *created.get(id)?;
-        let r = received.get(id)?;
-        last_ticket = last_ticket.max(at);
-        to_ticket.push((at - s.wall).to_std().unwrap_or_default());
-        after_ticket.push((r.wall - at).to_std().unwrap_or_default());
-    }
-    to_ticket.sort_unstable();
-    after_ticket.sort_unstable();
-    Some(Breakdown {
-        to_ticket,
-        after_ticket,
-        ticket_rate: measure::per_second(ids.len(), (last_ticket - first_publish).to_std().unwrap_or_default()),
-        requests_per_escalation: requests.len() as f64 / ids.len().max(1) as f64,
-    })
 }

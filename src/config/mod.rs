@@ -33,7 +33,11 @@ pub struct ConfigProblem {
 
 impl std::fmt::Display for ConfigProblem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "org `{}`, field `{}`: {}", self.org, self.field, self.fix)
+        write!(
+            f,
+            "org `{}`, field `{}`: {}",
+            self.org, self.field, self.fix
+        )
     }
 }
 
@@ -240,14 +244,24 @@ tags = ["escalated", "ai"]
         assert_eq!(z.api_token.expose(), "tok-123");
         assert_eq!(z.base_url(), "https://acme.zendesk.com");
         assert_eq!(z.group_id, Some(42));
-        assert!(!format!("{org:?}").contains("tok-123"), "Debug leaks the token");
+        assert!(
+            !format!("{org:?}").contains("tok-123"),
+            "Debug leaks the token"
+        );
     }
 
     #[test]
     fn names_org_field_and_fix() {
-        let text = GOOD.replace("${ZD_TOKEN}", "${NOPE}").replace("\"acme\"\nemail", "\"\"\nemail");
+        let text = GOOD
+            .replace("${ZD_TOKEN}", "${NOPE}")
+            .replace("\"acme\"\nemail", "\"\"\nemail");
         let err = Config::parse(&text, "test", &env).unwrap_err().to_string();
-        assert!(err.contains("org `acme`, field `zendesk.api_token`: environment variable NOPE is not set"), "{err}");
+        assert!(
+            err.contains(
+                "org `acme`, field `zendesk.api_token`: environment variable NOPE is not set"
+            ),
+            "{err}"
+        );
         assert!(err.contains("field `zendesk.subdomain`"), "{err}");
     }
 

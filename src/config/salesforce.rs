@@ -83,20 +83,35 @@ impl SalesforceConfig {
             .unwrap_or_default()
             .to_ascii_lowercase();
         if self.my_domain.trim().is_empty() {
-            problems.push(("my_domain", "set your My Domain host, e.g. acme.my.salesforce.com (Setup > My Domain)".to_string()));
-        } else if host.starts_with("login.salesforce.com") || host.starts_with("test.salesforce.com") {
+            problems.push((
+                "my_domain",
+                "set your My Domain host, e.g. acme.my.salesforce.com (Setup > My Domain)"
+                    .to_string(),
+            ));
+        } else if host.starts_with("login.salesforce.com")
+            || host.starts_with("test.salesforce.com")
+        {
             problems.push((
                 "my_domain",
                 "the client credentials flow only works on your My Domain host (e.g. acme.my.salesforce.com), not login/test.salesforce.com".to_string(),
             ));
         } else if reqwest::Url::parse(&self.login_base_url()).is_err() {
-            problems.push(("my_domain", "is not a host name or URL: use e.g. acme.my.salesforce.com".to_string()));
+            problems.push((
+                "my_domain",
+                "is not a host name or URL: use e.g. acme.my.salesforce.com".to_string(),
+            ));
         }
         if self.client_id.trim().is_empty() {
-            problems.push(("client_id", "set the consumer key of the External Client App".to_string()));
+            problems.push((
+                "client_id",
+                "set the consumer key of the External Client App".to_string(),
+            ));
         }
         match self.client_secret.resolve(env) {
-            Ok(s) if s.is_empty() => problems.push(("client_secret", "is empty: set the consumer secret of the External Client App".to_string())),
+            Ok(s) if s.is_empty() => problems.push((
+                "client_secret",
+                "is empty: set the consumer secret of the External Client App".to_string(),
+            )),
             Ok(s) => self.client_secret = s,
             Err(fix) => problems.push(("client_secret", fix)),
         }
@@ -112,7 +127,10 @@ impl SalesforceConfig {
         if let Some(f) = &self.external_id_field
             && (!f.ends_with("__c") || f.len() <= 3)
         {
-            problems.push(("external_id_field", "must be the API name of a custom External ID field, ending in __c".to_string()));
+            problems.push((
+                "external_id_field",
+                "must be the API name of a custom External ID field, ending in __c".to_string(),
+            ));
         }
         problems
     }

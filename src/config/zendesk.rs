@@ -38,7 +38,10 @@ impl ZendeskConfig {
 
     /// Where an agent opens a ticket (always the real Zendesk host).
     pub fn agent_ticket_url(&self, ticket_id: u64) -> String {
-        format!("https://{}.zendesk.com/agent/tickets/{ticket_id}", self.subdomain)
+        format!(
+            "https://{}.zendesk.com/agent/tickets/{ticket_id}",
+            self.subdomain
+        )
     }
 
     /// Resolve secrets and list problems as (field, fix).
@@ -54,7 +57,8 @@ impl ZendeskConfig {
         {
             problems.push((
                 "subdomain",
-                "set the Zendesk subdomain only, e.g. \"acme\" for https://acme.zendesk.com".to_string(),
+                "set the Zendesk subdomain only, e.g. \"acme\" for https://acme.zendesk.com"
+                    .to_string(),
             ));
         }
         if !self.email.contains('@') {
@@ -66,7 +70,8 @@ impl ZendeskConfig {
         match self.api_token.resolve(env) {
             Ok(s) if s.is_empty() => problems.push((
                 "api_token",
-                "is empty: create a token in Admin Center > Apps and integrations > Zendesk API".to_string(),
+                "is empty: create a token in Admin Center > Apps and integrations > Zendesk API"
+                    .to_string(),
             )),
             Ok(s) => self.api_token = s,
             Err(fix) => problems.push(("api_token", fix)),
@@ -74,10 +79,15 @@ impl ZendeskConfig {
         if let Some(fix) = self.base_url.as_deref().and_then(super::check_base_url) {
             problems.push(("base_url", fix));
         }
-        if self.tags.iter().any(|t| t.trim().is_empty() || t.contains(' ')) {
+        if self
+            .tags
+            .iter()
+            .any(|t| t.trim().is_empty() || t.contains(' '))
+        {
             problems.push((
                 "tags",
-                "Zendesk tags cannot be empty or contain spaces: use e.g. \"ai_escalation\"".to_string(),
+                "Zendesk tags cannot be empty or contain spaces: use e.g. \"ai_escalation\""
+                    .to_string(),
             ));
         }
         problems

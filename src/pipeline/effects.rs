@@ -13,17 +13,28 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The provider an event's conversation uses: the event's override, else the org's.
-pub fn provider_of(ctx: &Context, org_id: &str, requested: Option<ProviderKind>) -> Option<ProviderKind> {
+pub fn provider_of(
+    ctx: &Context,
+    org_id: &str,
+    requested: Option<ProviderKind>,
+) -> Option<ProviderKind> {
     requested.or_else(|| ctx.config.org(org_id).map(|o| o.provider))
 }
 
 /// `escalation.requested`: one ticket or case per conversation.
-pub async fn escalate(ctx: &Context, e: &EscalationRequested) -> Result<Vec<OutboundPayload>, ProcessError> {
+pub async fn escalate(
+    ctx: &Context,
+    e: &EscalationRequested,
+) -> Result<Vec<OutboundPayload>, ProcessError> {
     let org = ctx
         .config
         .org(&e.org_id)
         .ok_or_else(|| ProcessError::Rejected(format!("unknown org {}", e.org_id)))?;
-    if let Some(rec) = ctx.store.conversation(&e.org_id, &e.conversation_id).await? {
+    if let Some(rec) = ctx
+        .store
+        .conversation(&e.org_id, &e.conversation_id)
+        .await?
+    {
         // Already escalated (redelivery, duplicate, replay): same answer, no new effect.
         return Ok(vec![created(&rec)]);
     }
@@ -107,8 +118,15 @@ fn created(rec: &ConversationRecord) -> OutboundPayload {
 }
 
 /// `customer.message`: add it to the ticket once.
-pub async fn relay_customer_message(ctx: &Context, m: &CustomerMessage) -> Result<Vec<OutboundPayload>, ProcessError> {
-    let Some(rec) = ctx.store.conversation(&m.org_id, &m.conversation_id).await? else {
+pub async fn relay_customer_message(
+    ctx: &Context,
+    m: &CustomerMessage,
+) -> Result<Vec<OutboundPayload>, ProcessError> {
+    let Some(rec) = ctx
+        .store
+        .conversation(&m.org_id, &m.conversation_id)
+        .await?
+    else {
         return Err(ProcessError::Rejected(format!(
             "conversation {} has no escalation: customer.message must follow a successful escalation.requested",
             m.conversation_id
@@ -117,7 +135,11 @@ pub async fn relay_customer_message(ctx: &Context, m: &CustomerMessage) -> Resul
     let provider = ctx.providers.ticket(&m.org_id, rec.provider)?;
     let earlier = ctx
         .store
-        .begin_attempt(&m.org_id, &m.conversation_id, &format!("message:{}", m.message_id))
+        .begin_attempt(
+            &m.org_id,
+            &m.conversation_id,
+            &format!("message:{}", m.message_id),
+        )
         .await?;
     let tried = Arc::new(AtomicBool::new(earlier.is_some()));
     let ticket = &rec.external;
@@ -127,7 +149,8 @@ pub async fn relay_customer_message(ctx: &Context, m: &CustomerMessage) -> Resul
         .run("add customer message", || {
             let tried = tried.clone();
             async move {
-                if tried.load(Ordering::Relaxed) && provider.has_customer_message(ticket, m).await? {
+                if tried.load(Ordering::Relaxed) && provider.has_customer_message(ticket, m).await?
+                {
                     tracing::info!("customer message already on the ticket (earlier attempt)");
                     return Ok::<(), ProviderError>(());
                 }

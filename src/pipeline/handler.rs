@@ -37,9 +37,17 @@ pub enum Fate {
 
 /// Handle one item. `Err` means our infrastructure failed: nothing was
 /// decided, the caller must not ack and should try again later.
-pub async fn handle(ctx: &Context, publisher: &Publisher, item: &WorkItem) -> Result<Fate, InfraError> {
+pub async fn handle(
+    ctx: &Context,
+    publisher: &Publisher,
+    item: &WorkItem,
+) -> Result<Fate, InfraError> {
     let m = &item.meta;
-    let (org, conv, id) = (m.org_id.as_str(), m.conversation_id.as_str(), m.dedupe_id.as_str());
+    let (org, conv, id) = (
+        m.org_id.as_str(),
+        m.conversation_id.as_str(),
+        m.dedupe_id.as_str(),
+    );
     if ctx.store.is_done(org, conv, id).await? {
         tracing::info!("duplicate message, already handled");
         return Ok(Fate::Duplicate);
@@ -53,7 +61,9 @@ pub async fn handle(ctx: &Context, publisher: &Publisher, item: &WorkItem) -> Re
         }
         Admission::Proceed | Admission::Head => {}
         Admission::Wait => {
-            tracing::info!("an earlier message of this conversation waits for a retry: queuing behind it");
+            tracing::info!(
+                "an earlier message of this conversation waits for a retry: queuing behind it"
+            );
             park(ctx, publisher, item, m.clone()).await?;
             return Ok(Fate::Parked);
         }
@@ -65,9 +75,9 @@ pub async fn handle(ctx: &Context, publisher: &Publisher, item: &WorkItem) -> Re
         InboundEvent::CustomerMessage(msg) => effects::relay_customer_message(ctx, msg).await,
         // A ticket has no typing indicator and nothing to close: accepted, no effect.
         InboundEvent::CustomerTyping(_) | InboundEvent::CustomerEnded(_) => Ok(vec![]),
-        InboundEvent::WebhookZendesk(_) | InboundEvent::WebhookSunshine(_) => Err(ProcessError::Rejected(
-            "webhooks are not handled by this version".into(),
-        )),
+        InboundEvent::WebhookZendesk(_) | InboundEvent::WebhookSunshine(_) => Err(
+            ProcessError::Rejected("webhooks are not handled by this version".into()),
+        ),
     };
     let provider = provider.unwrap_or(ProviderKind::Zendesk);
 
@@ -104,10 +114,17 @@ pub async fn handle(ctx: &Context, publisher: &Publisher, item: &WorkItem) -> Re
                 },
                 stage: "worker",
             };
-            dead_letter::start(publisher, &m.routing_key, &item.body, item.props.clone(), m, &verdict)
-                .await?
-                .wait()
-                .await?;
+            dead_letter::start(
+                publisher,
+                &m.routing_key,
+                &item.body,
+                item.props.clone(),
+                m,
+                &verdict,
+            )
+            .await?
+            .wait()
+            .await?;
             let failed = OutboundPayload::EscalationFailed(EscalationFailed {
                 reason: widget_reason(&err),
                 error_class: class,
@@ -149,16 +166,26 @@ fn broker_backoff(ctx: &Context, n: u32, asked: Option<Duration>) -> Duration {
 fn widget_reason(err: &ProcessError) -> String {
     match err {
         ProcessError::Provider(p) if p.is_transient() => {
-            format!("{} is not reachable right now; the escalation could not be delivered", p.provider)
+            format!(
+                "{} is not reachable right now; the escalation could not be delivered",
+                p.provider
+            )
         }
-        ProcessError::Provider(p) => format!("{} refused the escalation: {}", p.provider, p.message),
+        ProcessError::Provider(p) => {
+            format!("{} refused the escalation: {}", p.provider, p.message)
+        }
         other => other.to_string(),
     }
 }
 
 /// Send the item to the retry queue (it comes back to its shard after the
 /// retry delay) and return when the broker confirmed.
-async fn park(ctx: &Context, publisher: &Publisher, item: &WorkItem, meta: Meta) -> Result<(), InfraError> {
+async fn park(
+    ctx: &Context,
+    publisher: &Publisher,
+    item: &WorkItem,
+    meta: Meta,
+) -> Result<(), InfraError> {
     let delay = ctx.settings.retry_delay().as_millis().max(1);
     let props = meta
         .write(item.props.clone())

@@ -26,7 +26,12 @@ pub enum Route {
 }
 
 /// Decide the route of one inbound message. Pure: no I/O.
-pub fn route(ctx: &Context, routing_key: &str, body: &[u8], amqp_message_id: Option<&str>) -> Route {
+pub fn route(
+    ctx: &Context,
+    routing_key: &str,
+    body: &[u8],
+    amqp_message_id: Option<&str>,
+) -> Route {
     let reject = |reason: String| {
         Route::Reject(Verdict {
             error_class: "invalid",
@@ -49,19 +54,36 @@ pub fn route(ctx: &Context, routing_key: &str, body: &[u8], amqp_message_id: Opt
     }
     let event = match InboundEvent::parse(kind, body) {
         Ok(e) => e,
-        Err(e) => return reject(format!("{routing_key} cannot be read ({})", e.classify_name())),
+        Err(e) => {
+            return reject(format!(
+                "{routing_key} cannot be read ({})",
+                e.classify_name()
+            ));
+        }
     };
     let org_id = event.org_id().to_string();
     if ctx.config.org(&org_id).is_none() {
-        return reject(format!("unknown org `{org_id}`: it is not in this escalator's config"));
+        return reject(format!(
+            "unknown org `{org_id}`: it is not in this escalator's config"
+        ));
     }
     let Some(conversation_id) = event.conversation_id().map(str::to_string) else {
-        return reject(format!("{routing_key} is not handled by this version of the escalator"));
+        return reject(format!(
+            "{routing_key} is not handled by this version of the escalator"
+        ));
     };
     let dedupe_id = match (amqp_message_id, &event) {
         (Some(id), _) if !id.is_empty() => id.to_string(),
         (_, InboundEvent::CustomerMessage(m)) => format!("customer-message:{}", m.message_id),
-        _ => format!("sha256:{}", hex::encode(Sha256::new().chain_update(routing_key).chain_update(body).finalize())),
+        _ => format!(
+            "sha256:{}",
+            hex::encode(
+                Sha256::new()
+                    .chain_update(routing_key)
+                    .chain_update(body)
+                    .finalize()
+            )
+        ),
     };
     let shard = shard_of(&org_id, &conversation_id, ctx.settings.shards);
     Route::Shard {
@@ -93,7 +115,11 @@ impl ClassifyName for serde_json::Error {
 
 /// Run the intake router on `conn` until `stop` is cancelled or the
 /// connection fails.
-pub async fn run(ctx: &Context, conn: &Connection, stop: CancellationToken) -> Result<(), InfraError> {
+pub async fn run(
+    ctx: &Context,
+    conn: &Connection,
+    stop: CancellationToken,
+) -> Result<(), InfraError> {
     let channel = conn.create_channel().await?;
     channel
         .basic_qos(ctx.settings.prefetch, BasicQosOptions::default())
@@ -109,14 +135,21 @@ pub async fn run(ctx: &Context, conn: &Connection, stop: CancellationToken) -> R
         .await?;
     // Confirms arrive in publish order: a separate task awaits them and acks
     // the originals in the same order, so routing is pipelined.
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<(PendingConfirm, Acker)>(usize::from(ctx.settings.prefetch).max(1));
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(PendingConfirm, Acker)>(
+        usize::from(ctx.settings.prefetch).max(1),
+    );
     let acker_task = tokio::spawn(async move {
         while let Some((pending, acker)) = rx.recv().await {
             let outcome = match pending.wait().await {
                 Ok(()) => acker.ack(BasicAckOptions::default()).await,
                 Err(e) => {
                     tracing::warn!(error = %e, "forwarding not confirmed: requeueing the inbound message");
-                    acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await
+                    acker
+                        .nack(BasicNackOptions {
+                            requeue: true,
+                            ..Default::default()
+                        })
+                        .await
                 }
             };
             if let Err(e) = outcome {
@@ -148,7 +181,11 @@ pub async fn run(ctx: &Context, conn: &Connection, stop: CancellationToken) -> R
     result
 }
 
-async fn forward(ctx: &Context, publisher: &Publisher, d: &Delivery) -> Result<PendingConfirm, InfraError> {
+async fn forward(
+    ctx: &Context,
+    publisher: &Publisher,
+    d: &Delivery,
+) -> Result<PendingConfirm, InfraError> {
     let routing_key = d.routing_key.as_str();
     let message_id = d.properties.message_id().as_ref().map(|s| s.as_str());
     match route(ctx, routing_key, &d.data, message_id) {
@@ -162,7 +199,15 @@ async fn forward(ctx: &Context, publisher: &Publisher, d: &Delivery) -> Result<P
                 .await
         }
         Route::Reject(verdict) => {
-            dead_letter::start(publisher, routing_key, &d.data, d.properties.clone(), &Meta::default(), &verdict).await
+            dead_letter::start(
+                publisher,
+                routing_key,
+                &d.data,
+                d.properties.clone(),
+                &Meta::default(),
+                &verdict,
+            )
+            .await
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Which shards a worker subscribes to first. Live workers announce
 //! themselves in a Redis sorted set (`P:workers`, score = last heartbeat);
-//! rendezvous hashing over the live set names each shard's preferred worker.
+//! the sorted live set deals the shards out round-robin.
 //! A worker subscribes to its preferred shards at once and to the others a
 //! little later, as a standby; correctness never depends on this (single
 //! active consumer does), only the balance of work does.
@@ -30,21 +30,20 @@ pub async fn leave(store: &Store, instance: &str) {
     let _: Result<(), _> = c.zrem(key(store), instance).await;
 }
 
-/// Shards ordered preferred-first, and how many are preferred.
+/// Shards ordered preferred-first, and how many are preferred: the live
+/// instances, sorted, take shards round-robin (shard % count == rank), which
+/// splits them evenly when every worker sees the same live set.
 pub fn shard_order(instance: &str, live: &[String], shards: u16) -> (Vec<u16>, usize) {
-    let weight = |member: &str, shard: u16| {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in member.bytes().chain(shard.to_le_bytes()) {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        h
-    };
-    let (mut mine, mut others): (Vec<u16>, Vec<u16>) = (0..shards).partition(|&s| {
-        live.iter()
-            .max_by_key(|m| weight(m, s))
-            .is_none_or(|best| best == instance)
-    });
+    let mut members: Vec<&str> = live.iter().map(String::as_str).collect();
+    if !members.contains(&instance) {
+        members.push(instance);
+    }
+    members.sort_unstable();
+    members.dedup();
+    let rank = members.iter().position(|m| *m == instance).unwrap_or(0);
+    let count = members.len().max(1);
+    let (mut mine, mut others): (Vec<u16>, Vec<u16>) =
+        (0..shards).partition(|&s| usize::from(s) % count == rank);
     let preferred = mine.len();
     mine.append(&mut others);
     (mine, preferred)

@@ -44,7 +44,9 @@ impl Meta {
             dedupe_id: get_str(h, H_DEDUPE_ID).unwrap_or_default(),
             org_id: get_str(h, H_ORG).unwrap_or_default(),
             conversation_id: get_str(h, H_CONVERSATION).unwrap_or_default(),
-            attempts: get_int(h, H_ATTEMPTS).unwrap_or(0).clamp(0, i64::from(u32::MAX)) as u32,
+            attempts: get_int(h, H_ATTEMPTS)
+                .unwrap_or(0)
+                .clamp(0, i64::from(u32::MAX)) as u32,
             first_failure: get_int(h, H_FIRST_FAILURE).and_then(DateTime::from_timestamp_millis),
             last_failure: get_int(h, H_LAST_FAILURE).and_then(DateTime::from_timestamp_millis),
             not_before: get_int(h, H_NOT_BEFORE).and_then(DateTime::from_timestamp_millis),
@@ -104,7 +106,10 @@ pub fn get_int(h: &FieldTable, key: &str) -> Option<i64> {
 }
 
 pub fn set_str(h: &mut FieldTable, key: &str, value: &str) {
-    h.insert(ShortString::from(key), AMQPValue::LongString(LongString::from(value)));
+    h.insert(
+        ShortString::from(key),
+        AMQPValue::LongString(LongString::from(value)),
+    );
 }
 
 pub fn set_int(h: &mut FieldTable, key: &str, value: i64) {

@@ -19,7 +19,10 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot reach Redis at {url}: {source}. Start it, e.g.: redis-server --daemonize yes")]
-    Redis { url: String, source: redis::RedisError },
+    Redis {
+        url: String,
+        source: redis::RedisError,
+    },
     #[error("cannot reach RabbitMQ at {url}: {source}. Start it, e.g.: rabbitmq-server -detached")]
     Amqp { url: String, source: lapin::Error },
     #[error("cannot declare the AMQP topology: {0}")]
@@ -36,19 +39,31 @@ impl Worker {
     /// Connect to Redis and build the provider clients. RabbitMQ is checked
     /// once too, so that a wrong URL fails at start instead of looping.
     pub async fn start(settings: Settings, config: Config) -> Result<Worker, StartError> {
-        let store = Store::connect(&settings.redis_url, &settings.key_prefix, settings.state_ttl())
-            .await
-            .map_err(|source| StartError::Redis { url: settings.redis_url_redacted(), source })?;
-        store
-            .ping()
-            .await
-            .map_err(|source| StartError::Redis { url: settings.redis_url_redacted(), source })?;
+        let store = Store::connect(
+            &settings.redis_url,
+            &settings.key_prefix,
+            settings.state_ttl(),
+        )
+        .await
+        .map_err(|source| StartError::Redis {
+            url: settings.redis_url_redacted(),
+            source,
+        })?;
+        store.ping().await.map_err(|source| StartError::Redis {
+            url: settings.redis_url_redacted(),
+            source,
+        })?;
         let schemas = Schemas::load().map_err(|e| StartError::Setup(format!("schemas: {e}")))?;
-        let http = HttpSettings { timeout: Duration::from_millis(settings.http_timeout_ms) };
+        let http = HttpSettings {
+            timeout: Duration::from_millis(settings.http_timeout_ms),
+        };
         let providers = Providers::build(&config, &store, &http).map_err(StartError::Setup)?;
         let conn = amqp::connect(&settings.amqp_url, "escalator-worker-check")
             .await
-            .map_err(|source| StartError::Amqp { url: settings.amqp_url_redacted(), source })?;
+            .map_err(|source| StartError::Amqp {
+                url: settings.amqp_url_redacted(),
+                source,
+            })?;
         let channel = conn.create_channel().await.map_err(StartError::Topology)?;
         Topology::new(settings.shards, settings.delivery_limit)
             .declare(&channel)
@@ -79,8 +94,11 @@ impl Worker {
         tracing::info!(instance = %ctx.instance_id, amqp = %ctx.settings.amqp_url_redacted(), shards = ctx.settings.shards, "worker starting");
         let heartbeat = membership::spawn_heartbeat(ctx.store.clone(), ctx.instance_id.clone());
         let mut backoff = Duration::from_millis(250);
+        let mut first_session = true;
         while !stop.is_cancelled() {
-            match self.session(&stop).await {
+            let result = self.session(&stop, first_session).await;
+            first_session = false;
+            match result {
                 Ok(()) => backoff = Duration::from_millis(250),
                 Err(e) => {
                     tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "RabbitMQ session ended: reconnecting");
@@ -97,23 +115,47 @@ impl Worker {
         tracing::info!("worker stopped");
     }
 
-    async fn session(&self, stop: &CancellationToken) -> Result<(), InfraError> {
+    async fn session(
+        &self,
+        stop: &CancellationToken,
+        first_session: bool,
+    ) -> Result<(), InfraError> {
         let ctx = &self.ctx;
-        let conn = amqp::connect(&ctx.settings.amqp_url, &format!("escalator-worker-{}", ctx.instance_id)).await?;
+        let conn = amqp::connect(
+            &ctx.settings.amqp_url,
+            &format!("escalator-worker-{}", ctx.instance_id),
+        )
+        .await?;
         let channel = conn.create_channel().await?;
         Topology::new(ctx.settings.shards, ctx.settings.delivery_limit)
             .declare(&channel)
             .await?;
         let publisher = Publisher::open(&conn).await?;
-        let live = membership::heartbeat(&ctx.store, &ctx.instance_id)
+        let mut live = membership::heartbeat(&ctx.store, &ctx.instance_id)
             .await
             .unwrap_or_else(|_| vec![ctx.instance_id.clone()]);
-        let (order, preferred) = membership::shard_order(&ctx.instance_id, &live, ctx.settings.shards);
+        if first_session {
+            // Replicas starting together: give the others a moment to announce
+            // themselves, so that all see the same live set and split the shards.
+            tokio::time::sleep(ctx.standby_delay / 2).await;
+            live = membership::heartbeat(&ctx.store, &ctx.instance_id)
+                .await
+                .unwrap_or(live);
+        }
+        let (order, preferred) =
+            membership::shard_order(&ctx.instance_id, &live, ctx.settings.shards);
         tracing::info!(preferred_shards = ?&order[..preferred], "connected to RabbitMQ, consuming");
 
         let session = stop.child_token();
         let intake = intake::run(ctx, &conn, session.clone());
-        let shards = shard::run(ctx.clone(), &conn, publisher, order, preferred, session.clone());
+        let shards = shard::run(
+            ctx.clone(),
+            &conn,
+            publisher,
+            order,
+            preferred,
+            session.clone(),
+        );
         tokio::pin!(intake);
         tokio::pin!(shards);
         let result = tokio::select! {

@@ -10,10 +10,10 @@ use crate::amqp::Publisher;
 use crate::contract::{InboundEvent, InboundKind};
 use crate::error::InfraError;
 use crate::topology::shard_queue;
+use lapin::Connection;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::{FieldTable, ShortString};
-use lapin::Connection;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -131,15 +131,26 @@ pub async fn run(
         lane.pending.fetch_add(1, Ordering::AcqRel);
         if let Err(mpsc::error::SendError(d)) = lane.tx.send(delivery) {
             // The lane ended (cannot happen while pending > 0): requeue.
-            let _ = d.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+            let _ = d
+                .acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                })
+                .await;
         }
     }
     // Stop taking messages; let in-flight ones finish within the grace period.
     lanes.clear();
     let grace = Duration::from_millis(ctx.settings.shutdown_grace_ms);
-    let drained = tokio::time::timeout(grace, async { while lane_tasks.join_next().await.is_some() {} }).await;
+    let drained = tokio::time::timeout(grace, async {
+        while lane_tasks.join_next().await.is_some() {}
+    })
+    .await;
     if drained.is_err() {
-        tracing::warn!("in-flight messages did not finish within the shutdown grace period: they will be redelivered");
+        tracing::warn!(
+            "in-flight messages did not finish within the shutdown grace period: they will be redelivered"
+        );
         lane_tasks.abort_all();
     }
     let channels: Vec<_> = consumers.join_all().await;
@@ -164,7 +175,13 @@ async fn run_lane(
     while let Some(d) = rx.recv().await {
         if stop.is_cancelled() || lost.is_cancelled() {
             // Not started: hand it back to the broker, in order.
-            let _ = d.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+            let _ = d
+                .acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                })
+                .await;
         } else if let Ok(_permit) = permits.acquire().await {
             process(&ctx, &publisher, d, &stop, &lost).await;
         }
@@ -172,7 +189,13 @@ async fn run_lane(
     }
 }
 
-async fn process(ctx: &Context, publisher: &Publisher, d: Delivery, stop: &CancellationToken, lost: &CancellationToken) {
+async fn process(
+    ctx: &Context,
+    publisher: &Publisher,
+    d: Delivery,
+    stop: &CancellationToken,
+    lost: &CancellationToken,
+) {
     let meta = Meta::read(&d.properties);
     let provider = ctx
         .config
@@ -247,7 +270,14 @@ async fn settle_ack(d: &Delivery) {
 }
 
 async fn settle_requeue(d: &Delivery) {
-    if let Err(e) = d.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await {
+    if let Err(e) = d
+        .acker
+        .nack(BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        })
+        .await
+    {
         tracing::warn!(error = %e, "requeue failed (connection lost?): the broker will redeliver");
     }
 }

@@ -27,7 +27,11 @@ pub fn transport_error(provider: &'static str, err: &reqwest::Error) -> Provider
         .url()
         .map(|u| format!(" ({} {})", u.host_str().unwrap_or("?"), u.path()))
         .unwrap_or_default();
-    ProviderError::transient(provider, ProviderErrorKind::Network, format!("request {what}{target}"))
+    ProviderError::transient(
+        provider,
+        ProviderErrorKind::Network,
+        format!("request {what}{target}"),
+    )
 }
 
 /// `Retry-After` in seconds (the HTTP-date form is rare at these APIs and

@@ -1,8 +1,8 @@
 //! Provider clients behind one trait, so the pipeline does not care whether a
 //! ticket is a Zendesk ticket or a Salesforce Case.
 pub mod http;
-pub mod salesforce;
 pub mod retry;
+pub mod salesforce;
 pub mod transcript;
 pub mod zendesk;
 
@@ -37,7 +37,10 @@ pub trait TicketProvider: Send + Sync {
     async fn create_ticket(&self, req: TicketRequest<'_>) -> Result<ExternalRef, ProviderError>;
 
     /// Find a ticket an earlier (crashed) attempt may have created.
-    async fn find_ticket(&self, req: TicketRequest<'_>) -> Result<Option<ExternalRef>, ProviderError>;
+    async fn find_ticket(
+        &self,
+        req: TicketRequest<'_>,
+    ) -> Result<Option<ExternalRef>, ProviderError>;
 
     /// Add a later customer message to the ticket.
     async fn add_customer_message(
@@ -93,13 +96,22 @@ impl Providers {
     }
 
     /// The ticket provider of `org` for `kind`, or a permanent configuration error.
-    pub fn ticket(&self, org: &str, kind: ProviderKind) -> Result<Arc<dyn TicketProvider>, ProviderError> {
-        self.tickets.get(&(org.to_string(), kind)).cloned().ok_or_else(|| {
-            ProviderError::permanent(
-                kind.as_str(),
-                ProviderErrorKind::Configuration,
-                format!("org {org} has no {kind} settings: add [orgs.{org}.{kind}] to the config"),
-            )
-        })
+    pub fn ticket(
+        &self,
+        org: &str,
+        kind: ProviderKind,
+    ) -> Result<Arc<dyn TicketProvider>, ProviderError> {
+        self.tickets
+            .get(&(org.to_string(), kind))
+            .cloned()
+            .ok_or_else(|| {
+                ProviderError::permanent(
+                    kind.as_str(),
+                    ProviderErrorKind::Configuration,
+                    format!(
+                        "org {org} has no {kind} settings: add [orgs.{org}.{kind}] to the config"
+                    ),
+                )
+            })
     }
 }

@@ -52,7 +52,10 @@ impl RetryPolicy {
         .when(|e: &ProviderError| e.is_transient() && e.retry_after.is_none_or(|d| d <= max_wait))
         .adjust(|e: &ProviderError, next: Option<Duration>| {
             // Keep backon's count of attempts; wait at least what the provider asked.
-            next.map(|d| e.retry_after.map_or(d, |ra| ra.max(d.min(ra + Duration::from_millis(250)))))
+            next.map(|d| {
+                e.retry_after
+                    .map_or(d, |ra| ra.max(d.min(ra + Duration::from_millis(250))))
+            })
         })
         .notify(|e: &ProviderError, wait: Duration| {
             tracing::warn!(
@@ -92,7 +95,11 @@ mod tests {
                 let fail = n < 3;
                 async move {
                     if fail {
-                        Err(ProviderError::transient("x", ProviderErrorKind::Unavailable, "503"))
+                        Err(ProviderError::transient(
+                            "x",
+                            ProviderErrorKind::Unavailable,
+                            "503",
+                        ))
                     } else {
                         Ok(7)
                     }
@@ -107,7 +114,11 @@ mod tests {
     async fn permanent_errors_are_not_retried() {
         let (r, attempts) = policy()
             .run("t", || async {
-                Err::<(), _>(ProviderError::permanent("x", ProviderErrorKind::Validation, "422"))
+                Err::<(), _>(ProviderError::permanent(
+                    "x",
+                    ProviderErrorKind::Validation,
+                    "422",
+                ))
             })
             .await;
         assert!(r.is_err());
@@ -132,7 +143,11 @@ mod tests {
     async fn gives_up_after_the_configured_attempts() {
         let (r, attempts) = policy()
             .run("t", || async {
-                Err::<(), _>(ProviderError::transient("x", ProviderErrorKind::Network, "down"))
+                Err::<(), _>(ProviderError::transient(
+                    "x",
+                    ProviderErrorKind::Network,
+                    "down",
+                ))
             })
             .await;
         assert!(r.unwrap_err().is_transient());

@@ -57,7 +57,10 @@ pub fn html(e: &EscalationRequested, fallback_reason: Option<&str>) -> String {
         ));
     }
     if let Some(summary) = e.summary.as_deref().filter(|s| !s.trim().is_empty()) {
-        out.push_str(&format!("<p><strong>Summary:</strong> {}</p>", multiline(summary)));
+        out.push_str(&format!(
+            "<p><strong>Summary:</strong> {}</p>",
+            multiline(summary)
+        ));
     }
     if !e.context.is_empty() {
         out.push_str("<p><strong>Context</strong></p><ul>");
@@ -89,7 +92,9 @@ pub fn html(e: &EscalationRequested, fallback_reason: Option<&str>) -> String {
 pub fn plain(e: &EscalationRequested, fallback_reason: Option<&str>) -> String {
     let mut out = String::from("Escalated from the AI assistant.\n");
     if let Some(reason) = fallback_reason {
-        out.push_str(&format!("Live chat was requested but not possible: {reason}\n"));
+        out.push_str(&format!(
+            "Live chat was requested but not possible: {reason}\n"
+        ));
     }
     if let Some(summary) = e.summary.as_deref().filter(|s| !s.trim().is_empty()) {
         out.push_str(&format!("\nSummary: {summary}\n"));
@@ -126,7 +131,10 @@ mod tests {
 
     #[test]
     fn escapes_markup() {
-        assert_eq!(escape_html("<b>\"x\" & 'y'</b>"), "&lt;b&gt;&quot;x&quot; &amp; &#39;y&#39;&lt;/b&gt;");
+        assert_eq!(
+            escape_html("<b>\"x\" & 'y'</b>"),
+            "&lt;b&gt;&quot;x&quot; &amp; &#39;y&#39;&lt;/b&gt;"
+        );
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Zendesk Support tickets (API-token auth).
-use super::http::{clip, classify_status, retry_after, transport_error};
+use super::http::{classify_status, clip, retry_after, transport_error};
 use super::transcript;
 use super::{TicketProvider, TicketRequest};
 use crate::config::ZendeskConfig;
@@ -60,7 +60,10 @@ struct Comment {
 impl ZendeskClient {
     pub fn new(http: reqwest::Client, config: ZendeskConfig) -> Self {
         let raw = format!("{}/token:{}", config.email, config.api_token.expose());
-        let auth = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(raw));
+        let auth = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(raw)
+        );
         let base = config.base_url();
         ZendeskClient {
             http,
@@ -125,15 +128,27 @@ impl ZendeskClient {
         }
     }
 
-    async fn send(&self, rb: reqwest::RequestBuilder, op: &str) -> Result<reqwest::Response, ProviderError> {
+    async fn send(
+        &self,
+        rb: reqwest::RequestBuilder,
+        op: &str,
+    ) -> Result<reqwest::Response, ProviderError> {
         let resp = rb
             .header(reqwest::header::AUTHORIZATION, &self.auth)
             .header(reqwest::header::ACCEPT, "application/json")
             .send()
             .await
             .map_err(|e| transport_error(PROVIDER, &e))?;
-        if let Some(remaining) = resp.headers().get("x-rate-limit-remaining").and_then(|v| v.to_str().ok()) {
-            tracing::debug!(operation = op, rate_limit_remaining = remaining, "zendesk rate limit");
+        if let Some(remaining) = resp
+            .headers()
+            .get("x-rate-limit-remaining")
+            .and_then(|v| v.to_str().ok())
+        {
+            tracing::debug!(
+                operation = op,
+                rate_limit_remaining = remaining,
+                "zendesk rate limit"
+            );
         }
         if resp.status().is_success() {
             return Ok(resp);
@@ -141,8 +156,14 @@ impl ZendeskClient {
         Err(error_from_response(resp, op).await)
     }
 
-    async fn json<T: for<'de> Deserialize<'de>>(resp: reqwest::Response, op: &str) -> Result<T, ProviderError> {
-        let bytes = resp.bytes().await.map_err(|e| transport_error(PROVIDER, &e))?;
+    async fn json<T: for<'de> Deserialize<'de>>(
+        resp: reqwest::Response,
+        op: &str,
+    ) -> Result<T, ProviderError> {
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| transport_error(PROVIDER, &e))?;
         serde_json::from_slice(&bytes).map_err(|e| {
             ProviderError::permanent(
                 PROVIDER,
@@ -154,7 +175,11 @@ impl ZendeskClient {
 
     fn ticket_id(ticket: &ExternalRef) -> Result<u64, ProviderError> {
         ticket.id.parse().map_err(|_| {
-            ProviderError::permanent(PROVIDER, ProviderErrorKind::Protocol, format!("ticket id {:?} is not numeric", ticket.id))
+            ProviderError::permanent(
+                PROVIDER,
+                ProviderErrorKind::Protocol,
+                format!("ticket id {:?} is not numeric", ticket.id),
+            )
         })
     }
 
@@ -184,11 +209,18 @@ impl TicketProvider for ZendeskClient {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         let env: TicketEnvelope = Self::json(resp, "create ticket").await?;
-        tracing::info!(ticket_id = env.ticket.id, idempotency_lookup = lookup.as_deref(), "zendesk ticket created");
+        tracing::info!(
+            ticket_id = env.ticket.id,
+            idempotency_lookup = lookup.as_deref(),
+            "zendesk ticket created"
+        );
         Ok(self.external_ref(&env.ticket))
     }
 
-    async fn find_ticket(&self, req: TicketRequest<'_>) -> Result<Option<ExternalRef>, ProviderError> {
+    async fn find_ticket(
+        &self,
+        req: TicketRequest<'_>,
+    ) -> Result<Option<ExternalRef>, ProviderError> {
         let rb = self
             .http
             .get(self.url("/api/v2/tickets"))
@@ -196,10 +228,18 @@ impl TicketProvider for ZendeskClient {
         let resp = self.send(rb, "find ticket").await?;
         let list: TicketList = Self::json(resp, "find ticket").await?;
         // external_id is not unique at Zendesk: the oldest ticket is the one we made first.
-        Ok(list.tickets.iter().min_by_key(|t| t.id).map(|t| self.external_ref(t)))
+        Ok(list
+            .tickets
+            .iter()
+            .min_by_key(|t| t.id)
+            .map(|t| self.external_ref(t)))
     }
 
-    async fn add_customer_message(&self, ticket: &ExternalRef, msg: &CustomerMessage) -> Result<(), ProviderError> {
+    async fn add_customer_message(
+        &self,
+        ticket: &ExternalRef,
+        msg: &CustomerMessage,
+    ) -> Result<(), ProviderError> {
         let id = Self::ticket_id(ticket)?;
         let mut comment = json!({ "body": msg.text, "public": true });
         if let Some(author) = Self::requester_id(ticket) {
@@ -213,7 +253,11 @@ impl TicketProvider for ZendeskClient {
         Ok(())
     }
 
-    async fn has_customer_message(&self, ticket: &ExternalRef, msg: &CustomerMessage) -> Result<bool, ProviderError> {
+    async fn has_customer_message(
+        &self,
+        ticket: &ExternalRef,
+        msg: &CustomerMessage,
+    ) -> Result<bool, ProviderError> {
         let id = Self::ticket_id(ticket)?;
         let author = Self::requester_id(ticket);
         let wanted = msg.text.trim();
@@ -222,7 +266,8 @@ impl TicketProvider for ZendeskClient {
             let resp = self.send(self.http.get(&url), "list comments").await?;
             let page: CommentPage = Self::json(resp, "list comments").await?;
             if page.comments.iter().any(|c| {
-                (author.is_none() || c.author_id == author) && c.body.as_deref().map(str::trim) == Some(wanted)
+                (author.is_none() || c.author_id == author)
+                    && c.body.as_deref().map(str::trim) == Some(wanted)
             }) {
                 return Ok(true);
             }
@@ -253,7 +298,10 @@ async fn error_from_response(resp: reqwest::Response, op: &str) -> ProviderError
     let mut detail = match (&code, parsed.as_ref()) {
         (Some(c), Some(v)) => {
             let mut d = c.clone();
-            if let Some(desc) = v["description"].as_str().or_else(|| v["error"]["message"].as_str()) {
+            if let Some(desc) = v["description"]
+                .as_str()
+                .or_else(|| v["error"]["message"].as_str())
+            {
                 d.push_str(&format!(": {}", clip(desc, 200)));
             }
             if let Some(details) = v["details"].as_object() {
@@ -288,7 +336,12 @@ async fn error_from_response(resp: reqwest::Response, op: &str) -> ProviderError
     } else if status == 403 {
         detail = format!("{detail} (the API token's agent lacks permission)");
     }
-    ProviderError::new(PROVIDER, class, kind, format!("{op}: HTTP {status} {detail}"))
-        .with_status(status)
-        .with_retry_after(ra)
+    ProviderError::new(
+        PROVIDER,
+        class,
+        kind,
+        format!("{op}: HTTP {status} {detail}"),
+    )
+    .with_status(status)
+    .with_retry_after(ra)
 }

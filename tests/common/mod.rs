@@ -48,15 +48,25 @@ impl TestEnv {
             });
         assert!(put.status().is_success(), "create vhost: {}", put.status());
         let perm = http
-            .put(format!("{MGMT}/api/permissions/{}/guest", mgmt_vhost_path(&vhost)))
+            .put(format!(
+                "{MGMT}/api/permissions/{}/guest",
+                mgmt_vhost_path(&vhost)
+            ))
             .basic_auth("guest", Some("guest"))
             .json(&json!({"configure": ".*", "write": ".*", "read": ".*"}))
             .send()
             .await
             .unwrap();
-        assert!(perm.status().is_success(), "set permissions: {}", perm.status());
+        assert!(
+            perm.status().is_success(),
+            "set permissions: {}",
+            perm.status()
+        );
         let mut settings = Settings::from_env().unwrap();
-        settings.amqp_url = format!("amqp://guest:guest@127.0.0.1:5672/{}", mgmt_vhost_path(&vhost));
+        settings.amqp_url = format!(
+            "amqp://guest:guest@127.0.0.1:5672/{}",
+            mgmt_vhost_path(&vhost)
+        );
         settings.key_prefix = format!("escalator-test:{name}:{id}");
         settings.shards = 4;
         settings.prefetch = 16;
@@ -68,30 +78,52 @@ impl TestEnv {
         settings.retry_delay_ms = 300;
         settings.broker_attempts = 3;
         settings.shutdown_grace_ms = 5_000;
-        TestEnv { name: name.to_string(), vhost, settings, http }
+        TestEnv {
+            name: name.to_string(),
+            vhost,
+            settings,
+            http,
+        }
     }
 
     /// Start the simulator and an in-process worker with the sandbox orgs.
     pub async fn sandbox(&self) -> Sandbox {
-        Sandbox::start(self.settings.clone(), escalator::sandbox::sandbox_config).await.unwrap()
-    }
-
-    pub async fn sandbox_with(&self, settings: Settings, config: impl FnOnce(&str) -> String) -> Sandbox {
-        Sandbox::start(settings, config).await.unwrap()
-    }
-
-    pub async fn sim(&self) -> SimHandle {
-        sim::start(([127, 0, 0, 1], 0).into(), SimSettings::default()).await.unwrap()
-    }
-
-    pub async fn store(&self) -> Store {
-        Store::connect(&self.settings.redis_url, &self.settings.key_prefix, Duration::from_secs(3600))
+        Sandbox::start(self.settings.clone(), escalator::sandbox::sandbox_config)
             .await
             .unwrap()
     }
 
+    pub async fn sandbox_with(
+        &self,
+        settings: Settings,
+        config: impl FnOnce(&str) -> String,
+    ) -> Sandbox {
+        Sandbox::start(settings, config).await.unwrap()
+    }
+
+    pub async fn sim(&self) -> SimHandle {
+        sim::start(([127, 0, 0, 1], 0).into(), SimSettings::default())
+            .await
+            .unwrap()
+    }
+
+    pub async fn store(&self) -> Store {
+        Store::connect(
+            &self.settings.redis_url,
+            &self.settings.key_prefix,
+            Duration::from_secs(3600),
+        )
+        .await
+        .unwrap()
+    }
+
     pub fn config(&self, sim_url: &str) -> Config {
-        Config::parse(&escalator::sandbox::sandbox_config(sim_url), "test", &|_| None).unwrap()
+        Config::parse(
+            &escalator::sandbox::sandbox_config(sim_url),
+            "test",
+            &|_| None,
+        )
+        .unwrap()
     }
 
     /// Close every client connection of this test's vhost, as an operator's
@@ -100,7 +132,14 @@ impl TestEnv {
         let vhost = self.vhost.clone();
         let status = tokio::task::spawn_blocking(move || {
             std::process::Command::new("rabbitmqctl")
-                .args(["close_all_connections", "--vhost", &vhost, "--limit", "1000", "test closes connections"])
+                .args([
+                    "close_all_connections",
+                    "--vhost",
+                    &vhost,
+                    "--limit",
+                    "1000",
+                    "test closes connections",
+                ])
                 .stdout(std::process::Stdio::null())
                 .status()
         })
@@ -110,24 +149,44 @@ impl TestEnv {
         assert!(status.success(), "rabbitmqctl close_all_connections failed");
     }
 
-    /// Messages ready in a queue of this vhost.
-    pub async fn queue_depth(&self, queue: &str) -> u64 {
-        let v: Value = self
-            .http
-            .get(format!("{MGMT}/api/queues/{}/{queue}", mgmt_vhost_path(&self.vhost)))
-            .basic_auth("guest", Some("guest"))
-            .send()
-            .await
-            .unwrap()
-            .json()
+    /// Messages ready in a queue of this vhost (exact: a passive declare).
+    pub async fn queue_depth(&self, queue: &str) -> u32 {
+        let conn = amqp::connect(&self.settings.amqp_url, "test-depth")
             .await
             .unwrap();
-        v["messages"].as_u64().unwrap_or(0)
+        let ch = conn.create_channel().await.unwrap();
+        let q = ch
+            .queue_declare(
+                ShortString::from(queue),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let _ = conn.close(200, ShortString::from("bye")).await;
+        q.message_count()
+    }
+
+    /// Wait until `queue` has no ready messages.
+    pub async fn until_drained(&self, queue: &str) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while self.queue_depth(queue).await > 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{queue} not drained within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Consume the dead-letter queue.
     pub async fn dead_letters(&self) -> DeadLetters {
-        let conn = amqp::connect(&self.settings.amqp_url, "test-dlq").await.unwrap();
+        let conn = amqp::connect(&self.settings.amqp_url, "test-dlq")
+            .await
+            .unwrap();
         let channel = conn.create_channel().await.unwrap();
         let consumer = channel
             .basic_consume(
@@ -138,17 +197,29 @@ impl TestEnv {
             )
             .await
             .unwrap();
-        DeadLetters { _conn: conn, consumer }
+        DeadLetters {
+            _conn: conn,
+            consumer,
+        }
     }
 
     /// Delete the vhost and every Redis key of the test.
     pub async fn cleanup(self) {
-        if let Ok(store) = Store::connect(&self.settings.redis_url, &self.settings.key_prefix, Duration::from_secs(60)).await {
+        if let Ok(store) = Store::connect(
+            &self.settings.redis_url,
+            &self.settings.key_prefix,
+            Duration::from_secs(60),
+        )
+        .await
+        {
             let _ = store.delete_all().await;
         }
         let _ = self
             .http
-            .delete(format!("{MGMT}/api/vhosts/{}", mgmt_vhost_path(&self.vhost)))
+            .delete(format!(
+                "{MGMT}/api/vhosts/{}",
+                mgmt_vhost_path(&self.vhost)
+            ))
             .basic_auth("guest", Some("guest"))
             .send()
             .await;
@@ -158,7 +229,9 @@ impl TestEnv {
 fn url_encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -189,7 +262,9 @@ impl DeadLetters {
         if let Some(h) = d.properties.headers() {
             for (k, v) in h.inner() {
                 let v = match v {
-                    lapin::types::AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+                    lapin::types::AMQPValue::LongString(s) => {
+                        String::from_utf8_lossy(s.as_bytes()).into_owned()
+                    }
                     other => format!("{other:?}"),
                 };
                 headers.insert(k.as_str().to_string(), v);
@@ -198,7 +273,11 @@ impl DeadLetters {
         DeadLetter {
             routing_key: d.routing_key.as_str().to_string(),
             body: d.data.clone(),
-            message_id: d.properties.message_id().as_ref().map(|s| s.as_str().to_string()),
+            message_id: d
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|s| s.as_str().to_string()),
             headers,
         }
     }
@@ -274,7 +353,9 @@ pub struct WorkerProcess {
 impl TestEnv {
     /// Declare the topology (so publishes are routed before any worker runs).
     pub async fn declare_topology(&self) {
-        let conn = amqp::connect(&self.settings.amqp_url, "test-topology").await.unwrap();
+        let conn = amqp::connect(&self.settings.amqp_url, "test-topology")
+            .await
+            .unwrap();
         let ch = conn.create_channel().await.unwrap();
         escalator::topology::Topology::new(self.settings.shards, self.settings.delivery_limit)
             .declare(&ch)
@@ -296,10 +377,16 @@ impl TestEnv {
             ("ESCALATOR_INLINE_ATTEMPTS", s.inline_attempts.to_string()),
             ("ESCALATOR_BACKOFF_MIN_MS", s.backoff_min_ms.to_string()),
             ("ESCALATOR_BACKOFF_MAX_MS", s.backoff_max_ms.to_string()),
-            ("ESCALATOR_MAX_INLINE_WAIT_MS", s.max_inline_wait_ms.to_string()),
+            (
+                "ESCALATOR_MAX_INLINE_WAIT_MS",
+                s.max_inline_wait_ms.to_string(),
+            ),
             ("ESCALATOR_RETRY_DELAY_MS", s.retry_delay_ms.to_string()),
             ("ESCALATOR_BROKER_ATTEMPTS", s.broker_attempts.to_string()),
-            ("ESCALATOR_SHUTDOWN_GRACE_MS", s.shutdown_grace_ms.to_string()),
+            (
+                "ESCALATOR_SHUTDOWN_GRACE_MS",
+                s.shutdown_grace_ms.to_string(),
+            ),
             ("RUST_LOG", "info".to_string()),
         ]
         .into_iter()
@@ -333,7 +420,11 @@ impl WorkerProcess {
     }
 
     pub fn signal(&self, sig: &str) {
-        let ok = std::process::Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status().unwrap();
+        let ok = std::process::Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
         assert!(ok.success());
     }
 
@@ -346,7 +437,10 @@ impl WorkerProcess {
     /// SIGTERM, then the exit status.
     pub async fn terminate(mut self) -> std::process::ExitStatus {
         self.signal("TERM");
-        tokio::time::timeout(WAIT, self.child.wait()).await.expect("worker did not exit within 30 s after SIGTERM").unwrap()
+        tokio::time::timeout(WAIT, self.child.wait())
+            .await
+            .expect("worker did not exit within 30 s after SIGTERM")
+            .unwrap()
     }
 
     pub fn log_text(&self) -> String {
@@ -364,8 +458,16 @@ pub struct PrivateRedis {
 
 impl PrivateRedis {
     pub fn start() -> PrivateRedis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut r = PrivateRedis { port, dir: tempfile::tempdir().unwrap(), child: None };
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut r = PrivateRedis {
+            port,
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+        };
         r.restart();
         r
     }
@@ -376,7 +478,18 @@ impl PrivateRedis {
 
     pub fn restart(&mut self) {
         let child = std::process::Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes", "--appendfsync", "always"])
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(std::process::Stdio::null())
@@ -390,11 +503,16 @@ impl PrivateRedis {
                 use std::io::{Read, Write};
                 let _ = s.write_all(b"PING\r\n");
                 let mut buf = [0u8; 7];
-                if s.read(&mut buf).is_ok_and(|n| n > 0 && buf.starts_with(b"+PONG")) {
+                if s.read(&mut buf)
+                    .is_ok_and(|n| n > 0 && buf.starts_with(b"+PONG"))
+                {
                     return;
                 }
             }
-            assert!(std::time::Instant::now() < deadline, "private redis did not start");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "private redis did not start"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }

@@ -88,7 +88,13 @@ fn file_name(conversation_id: &str) -> String {
     let safe: String = conversation_id
         .chars()
         .take(100)
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     format!("transcript-{safe}.txt")
 }
@@ -102,7 +108,11 @@ fn toml_to_json(v: &toml::Value) -> Value {
         toml::Value::Boolean(b) => json!(b),
         toml::Value::Datetime(d) => json!(d.to_string()),
         toml::Value::Array(a) => Value::Array(a.iter().map(toml_to_json).collect()),
-        toml::Value::Table(t) => Value::Object(t.iter().map(|(k, v)| (k.clone(), toml_to_json(v))).collect()),
+        toml::Value::Table(t) => Value::Object(
+            t.iter()
+                .map(|(k, v)| (k.clone(), toml_to_json(v)))
+                .collect(),
+        ),
     }
 }
 
@@ -116,7 +126,9 @@ fn context_value(v: &Value) -> Option<Value> {
 }
 
 pub(super) fn is_reserved(field: &str) -> bool {
-    RESERVED_FIELDS.iter().any(|r| r.eq_ignore_ascii_case(field))
+    RESERVED_FIELDS
+        .iter()
+        .any(|r| r.eq_ignore_ascii_case(field))
 }
 
 /// Set `field`, replacing a key that differs only in case.
@@ -127,13 +139,19 @@ fn set(fields: &mut Map<String, Value>, field: &str, value: Value) {
 
 /// One line, no control characters (so the stored Subject is exactly what we sent).
 fn one_line(s: &str) -> String {
-    s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
 }
 
 impl CaseBody {
     /// The Case of an escalation. `upsert_field` (the External ID field) is
     /// kept out of the body: it goes in the URL.
-    pub fn build(config: &SalesforceConfig, req: TicketRequest<'_>, upsert_field: Option<&str>) -> CaseBody {
+    pub fn build(
+        config: &SalesforceConfig,
+        req: TicketRequest<'_>,
+        upsert_field: Option<&str>,
+    ) -> CaseBody {
         let e = req.escalation;
         let mut fields = Map::new();
         let subject = cut_utf16(&one_line(&transcript::subject(e, SUBJECT_MAX)), SUBJECT_MAX);
@@ -162,10 +180,25 @@ impl CaseBody {
         let description = prefix_utf16(&description, DESCRIPTION_MAX).to_string();
         fields.insert("Description".into(), json!(description));
 
-        if let Some(name) = e.customer.name.as_deref().map(str::trim).filter(|n| !n.is_empty()) {
-            fields.insert("SuppliedName".into(), json!(cut_utf16(&one_line(name), SUPPLIED_NAME_MAX)));
+        if let Some(name) = e
+            .customer
+            .name
+            .as_deref()
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+        {
+            fields.insert(
+                "SuppliedName".into(),
+                json!(cut_utf16(&one_line(name), SUPPLIED_NAME_MAX)),
+            );
         }
-        if let Some(email) = e.customer.email.as_deref().map(str::trim).filter(|m| !m.is_empty()) {
+        if let Some(email) = e
+            .customer
+            .email
+            .as_deref()
+            .map(str::trim)
+            .filter(|m| !m.is_empty())
+        {
             if utf16_len(email) <= SUPPLIED_EMAIL_MAX {
                 fields.insert("SuppliedEmail".into(), json!(email));
             } else {
@@ -201,7 +234,10 @@ impl CaseBody {
             fields.retain(|k, _| !k.eq_ignore_ascii_case(f));
         }
 
-        let owner = config.owner_id.as_deref().is_some_and(|o| !o.trim().is_empty());
+        let owner = config
+            .owner_id
+            .as_deref()
+            .is_some_and(|o| !o.trim().is_empty());
         let auto_assign = if owner {
             Some("FALSE".to_string())
         } else {
@@ -221,7 +257,10 @@ impl CaseBody {
     }
 
     pub fn subject(&self) -> &str {
-        self.fields.get("Subject").and_then(Value::as_str).unwrap_or_default()
+        self.fields
+            .get("Subject")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
     }
 
     pub fn supplied_email(&self) -> Option<&str> {
@@ -280,7 +319,10 @@ pub(super) fn comment_parts(msg: &CustomerMessage) -> Vec<String> {
             let mut chunk = chunk.to_string();
             if truncated && i + 1 == n {
                 let note = "\n[message truncated]";
-                chunk = format!("{}{note}", prefix_utf16(&chunk, room.saturating_sub(utf16_len(note))));
+                chunk = format!(
+                    "{}{note}",
+                    prefix_utf16(&chunk, room.saturating_sub(utf16_len(note)))
+                );
             }
             format!("{header}, part {}/{n}\n\n{chunk}", i + 1)
         })
@@ -327,7 +369,9 @@ pub(super) fn is_api_name(s: &str) -> bool {
 mod tests {
     use super::*;
     use crate::config::OrgConfig;
-    use crate::contract::{Customer, EscalationRequested, Mode, ProviderKind, Role, TranscriptEntry};
+    use crate::contract::{
+        Customer, EscalationRequested, Mode, ProviderKind, Role, TranscriptEntry,
+    };
     use crate::secret::Secret;
     use chrono::Utc;
     use std::collections::BTreeMap;
@@ -399,14 +443,21 @@ mod tests {
         let c = config();
         let o = org(c.clone());
         let e = event(10, "ada@example.com");
-        let req = TicketRequest { org: &o, escalation: &e, fallback_reason: None };
+        let req = TicketRequest {
+            org: &o,
+            escalation: &e,
+            fallback_reason: None,
+        };
         let b = CaseBody::build(&c, req, Some("conv__c"));
         assert_eq!(b.subject(), "Line one line two");
         assert_eq!(b.fields["Plan__c"], "gold");
         assert_eq!(b.fields["Type"], "Question");
         assert_eq!(b.fields["Origin"], "Chat");
         assert!(!b.fields.contains_key("Missing__c"));
-        assert!(!b.fields.contains_key("Conv__c"), "the upsert field stays in the URL");
+        assert!(
+            !b.fields.contains_key("Conv__c"),
+            "the upsert field stays in the URL"
+        );
         assert_eq!(b.auto_assign.as_deref(), Some("01Q000000000001"));
         assert!(b.is_marked(b.fields["Description"].as_str()));
         assert!(b.attachment.is_none());
@@ -419,7 +470,11 @@ mod tests {
         let o = org(c.clone());
         let long_email = format!("{}@example.com", "a".repeat(80));
         let e = event(40_000, &long_email);
-        let req = TicketRequest { org: &o, escalation: &e, fallback_reason: None };
+        let req = TicketRequest {
+            org: &o,
+            escalation: &e,
+            fallback_reason: None,
+        };
         let b = CaseBody::build(&c, req, None);
         let d = b.fields["Description"].as_str().unwrap();
         assert!(utf16_len(d) <= DESCRIPTION_MAX);
@@ -436,11 +491,27 @@ mod tests {
         c.owner_id = Some("005000000000001".into());
         let o = org(c.clone());
         let e = event(1, "a@b.c");
-        let b = CaseBody::build(&c, TicketRequest { org: &o, escalation: &e, fallback_reason: None }, None);
+        let b = CaseBody::build(
+            &c,
+            TicketRequest {
+                org: &o,
+                escalation: &e,
+                fallback_reason: None,
+            },
+            None,
+        );
         assert_eq!(b.auto_assign.as_deref(), Some("FALSE"));
         c.owner_id = None;
         c.assignment_rule_id = None;
-        let b = CaseBody::build(&c, TicketRequest { org: &o, escalation: &e, fallback_reason: None }, None);
+        let b = CaseBody::build(
+            &c,
+            TicketRequest {
+                org: &o,
+                escalation: &e,
+                fallback_reason: None,
+            },
+            None,
+        );
         assert!(b.auto_assign.is_none());
     }
 
@@ -459,7 +530,11 @@ mod tests {
         let short = comment_parts(&message("hello".into(), "m1"));
         assert_eq!(short.len(), 1);
         assert!(short[0].ends_with("hello"));
-        assert_ne!(short, comment_parts(&message("hello".into(), "m2")), "ids make bodies distinct");
+        assert_ne!(
+            short,
+            comment_parts(&message("hello".into(), "m2")),
+            "ids make bodies distinct"
+        );
         let parts = comment_parts(&message("é".repeat(9_000), "m1"));
         assert_eq!(parts.len(), 3);
         assert!(parts.iter().all(|p| utf16_len(p) <= COMMENT_MAX));

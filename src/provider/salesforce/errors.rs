@@ -64,9 +64,18 @@ pub(super) fn parse_errors(body: &str) -> Vec<ApiError> {
         let fields = o
             .get("fields")
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect()
+            })
             .unwrap_or_default();
-        Some(ApiError { code, message, fields })
+        Some(ApiError {
+            code,
+            message,
+            fields,
+        })
     };
     match &v {
         Value::Array(items) => items.iter().filter_map(one).collect(),
@@ -84,7 +93,11 @@ pub(super) fn has_code(errors: &[ApiError], code: &str) -> bool {
 /// `<redacted>`. Values shorter than 3 characters are left alone.
 fn redact(text: &str, values: &[&str]) -> String {
     let mut out = text.to_string();
-    for v in values.iter().map(|v| v.trim()).filter(|v| v.chars().count() >= 3) {
+    for v in values
+        .iter()
+        .map(|v| v.trim())
+        .filter(|v| v.chars().count() >= 3)
+    {
         out = out.replace(v, "<redacted>");
     }
     out
@@ -144,7 +157,10 @@ pub(super) fn rest_error(
         kind = ProviderErrorKind::RateLimited;
         retry = Some(retry.map_or(limit_backoff, |r| r.max(limit_backoff)));
         detail.push_str(" (org API limit reached: backing off)");
-    } else if errors.iter().any(|e| TRANSIENT_CODES.contains(&e.code.as_str())) {
+    } else if errors
+        .iter()
+        .any(|e| TRANSIENT_CODES.contains(&e.code.as_str()))
+    {
         class = ErrorClass::Transient;
         kind = if has_code(&errors, "CONCURRENT_REQUEST_LIMIT_EXCEEDED") {
             ProviderErrorKind::RateLimited
@@ -160,9 +176,14 @@ pub(super) fn rest_error(
             " (the Run As user of the External Client App lacks a permission: API Enabled, and create/edit on Case)",
         );
     }
-    ProviderError::new(PROVIDER, class, kind, format!("{op}: HTTP {status} {detail}"))
-        .with_status(status)
-        .with_retry_after(retry)
+    ProviderError::new(
+        PROVIDER,
+        class,
+        kind,
+        format!("{op}: HTTP {status} {detail}"),
+    )
+    .with_status(status)
+    .with_retry_after(retry)
 }
 
 /// Turn a failed answer of the OAuth token endpoint into a typed error whose
@@ -194,12 +215,21 @@ pub(super) fn token_error(status: u16, retry_after: Option<Duration>, body: &str
             .with_retry_after(retry_after)
     };
     let permanent = |kind: ProviderErrorKind, fix: &str| {
-        ProviderError::permanent(PROVIDER, kind, format!("token request refused ({what}): {fix}")).with_status(status)
+        ProviderError::permanent(
+            PROVIDER,
+            kind,
+            format!("token request refused ({what}): {fix}"),
+        )
+        .with_status(status)
     };
     if status == 429 || error == "rate_limit_exceeded" {
         return transient(ProviderErrorKind::RateLimited);
     }
-    if status == 408 || status >= 500 || error == "server_error" || error == "temporarily_unavailable" {
+    if status == 408
+        || status >= 500
+        || error == "server_error"
+        || error == "temporarily_unavailable"
+    {
         return transient(ProviderErrorKind::Unavailable);
     }
     match error.as_str() {
@@ -258,11 +288,16 @@ mod tests {
 
     #[test]
     fn parses_error_arrays_leniently() {
-        let e = parse_errors(r#"[{"message":"m","errorCode":"INVALID_FIELD","fields":["A","B"]},{"errorCode":"X"}]"#);
+        let e = parse_errors(
+            r#"[{"message":"m","errorCode":"INVALID_FIELD","fields":["A","B"]},{"errorCode":"X"}]"#,
+        );
         assert_eq!(e.len(), 2);
         assert_eq!(e[0].fields, vec!["A", "B"]);
         assert_eq!(e[1].code, "X");
-        assert_eq!(parse_errors(r#"{"message":"m","errorCode":"C"}"#)[0].code, "C");
+        assert_eq!(
+            parse_errors(r#"{"message":"m","errorCode":"C"}"#)[0].code,
+            "C"
+        );
         assert!(parse_errors("<html>").is_empty());
         assert!(parse_errors("").is_empty());
         assert!(parse_errors("[1, null]").is_empty());
@@ -308,25 +343,56 @@ mod tests {
         assert!(!e.message.contains("secret problem"), "{}", e.message);
         assert!(e.message.contains("Subject"));
         let body = r#"[{"message":"bad: ada@example.com","errorCode":"FIELD_CUSTOM_VALIDATION_EXCEPTION"}]"#;
-        let e = rest_error("create case", 400, None, body, &["ada@example.com"], BACKOFF);
+        let e = rest_error(
+            "create case",
+            400,
+            None,
+            body,
+            &["ada@example.com"],
+            BACKOFF,
+        );
         assert!(!e.message.contains("ada@example.com"), "{}", e.message);
     }
 
     #[test]
     fn token_errors_tell_the_fix() {
-        let e = token_error(400, None, r#"{"error":"invalid_grant","error_description":"request not supported on this domain"}"#);
+        let e = token_error(
+            400,
+            None,
+            r#"{"error":"invalid_grant","error_description":"request not supported on this domain"}"#,
+        );
         assert!(!e.is_transient());
         assert_eq!(e.kind, ProviderErrorKind::Configuration);
         assert!(e.message.contains("My Domain"), "{}", e.message);
-        let e = token_error(400, None, r#"{"error":"invalid_client","error_description":"invalid client credentials"}"#);
+        let e = token_error(
+            400,
+            None,
+            r#"{"error":"invalid_client","error_description":"invalid client credentials"}"#,
+        );
         assert_eq!(e.kind, ProviderErrorKind::Authentication);
         assert!(e.message.contains("consumer key and consumer secret"));
-        let e = token_error(400, None, r#"{"error":"invalid_grant","error_description":"no client credentials user enabled"}"#);
+        let e = token_error(
+            400,
+            None,
+            r#"{"error":"invalid_grant","error_description":"no client credentials user enabled"}"#,
+        );
         assert!(e.message.contains("Run As user"));
-        let e = token_error(400, None, r#"{"error":"unsupported_grant_type","error_description":"grant type not supported"}"#);
+        let e = token_error(
+            400,
+            None,
+            r#"{"error":"unsupported_grant_type","error_description":"grant type not supported"}"#,
+        );
         assert!(e.message.contains("enable the client credentials flow"));
-        let e = token_error(400, None, r#"{"error":"inactive_user","error_description":"user is inactive"}"#);
-        assert!(e.message.contains("inactive_user: user is inactive"), "{}", e.message);
+        let e = token_error(
+            400,
+            None,
+            r#"{"error":"inactive_user","error_description":"user is inactive"}"#,
+        );
+        assert!(
+            e.message.contains("inactive_user: user is inactive"),
+            "{}",
+            e.message
+        );
         assert!(token_error(503, None, "").is_transient());
         assert!(token_error(403, None, r#"{"error":"rate_limit_exceeded"}"#).is_transient());
     }
@@ -334,7 +400,10 @@ mod tests {
     #[test]
     fn parses_limit_info() {
         assert_eq!(api_usage("api-usage=25/15000"), Some((25, 15000)));
-        assert_eq!(api_usage("api-usage=18/5000, per-app-api-usage=17/250(appName=x)"), Some((18, 5000)));
+        assert_eq!(
+            api_usage("api-usage=18/5000, per-app-api-usage=17/250(appName=x)"),
+            Some((18, 5000))
+        );
         assert_eq!(api_usage("per-app-api-usage=17/250"), None);
         assert_eq!(api_usage("garbage"), None);
     }

@@ -26,7 +26,9 @@ use crate::config::{SalesforceConfig, SalesforceIdempotency};
 use crate::contract::{CustomerMessage, ExternalKind, ProviderKind};
 use crate::error::{ProviderError, ProviderErrorKind};
 use crate::store::{ExternalRef, Store};
-use case::{CaseBody, TranscriptFile, comment_parts, is_api_name, is_record_id, same_comment, soql_string};
+use case::{
+    CaseBody, TranscriptFile, comment_parts, is_api_name, is_record_id, same_comment, soql_string,
+};
 use chrono::{DateTime, Utc};
 use errors::PROVIDER;
 use rest::{Rest, path_segment};
@@ -81,7 +83,12 @@ struct CommentRow {
 type Found = (String, Option<String>);
 
 impl SalesforceClient {
-    pub fn new(http: reqwest::Client, org_id: &str, config: SalesforceConfig, store: Store) -> Self {
+    pub fn new(
+        http: reqwest::Client,
+        org_id: &str,
+        config: SalesforceConfig,
+        store: Store,
+    ) -> Self {
         let ignored: Vec<&str> = config
             .extra_fields
             .keys()
@@ -92,7 +99,13 @@ impl SalesforceClient {
         if !ignored.is_empty() {
             tracing::warn!(org_id, fields = ?ignored, "extra_fields/context_fields cannot set these Case fields: ignored");
         }
-        let tokens = TokenSource::new(http.clone(), org_id, &config, store.connection(), store.prefix());
+        let tokens = TokenSource::new(
+            http.clone(),
+            org_id,
+            &config,
+            store.connection(),
+            store.prefix(),
+        );
         let rest = Rest::new(
             http,
             org_id,
@@ -116,7 +129,9 @@ impl SalesforceClient {
             SalesforceIdempotency::ExternalId(f) => Err(ProviderError::permanent(
                 PROVIDER,
                 ProviderErrorKind::Configuration,
-                format!("external_id_field {f:?} is not a field API name (e.g. Escalator_Conversation_Id__c)"),
+                format!(
+                    "external_id_field {f:?} is not a field API name (e.g. Escalator_Conversation_Id__c)"
+                ),
             )),
         }
     }
@@ -128,7 +143,10 @@ impl SalesforceClient {
             Err(ProviderError::permanent(
                 PROVIDER,
                 ProviderErrorKind::Protocol,
-                format!("{:?} is not a Salesforce record id", crate::provider::http::clip(&ticket.id, 40)),
+                format!(
+                    "{:?} is not a Salesforce record id",
+                    crate::provider::http::clip(&ticket.id, 40)
+                ),
             ))
         }
     }
@@ -163,7 +181,12 @@ impl SalesforceClient {
     }
 
     /// `PATCH /sobjects/Case/{field}/{conversation_id}`
-    async fn upsert_case(&self, field: &str, conversation_id: &str, case: &CaseBody) -> Result<Found, ProviderError> {
+    async fn upsert_case(
+        &self,
+        field: &str,
+        conversation_id: &str,
+        case: &CaseBody,
+    ) -> Result<Found, ProviderError> {
         const OP: &str = "upsert case";
         let body = Value::Object(case.fields.clone());
         let path = format!("/sobjects/Case/{field}/{}", path_segment(conversation_id));
@@ -204,13 +227,19 @@ impl SalesforceClient {
                 );
                 Ok((id, None))
             }
-            200 | 201 | 204 => self.lookup_external(field, conversation_id).await?.ok_or_else(|| {
-                ProviderError::transient(
-                    PROVIDER,
-                    ProviderErrorKind::Protocol,
-                    format!("{OP}: HTTP {} but no Case has {field} = this conversation id yet", reply.status),
-                )
-            }),
+            200 | 201 | 204 => self
+                .lookup_external(field, conversation_id)
+                .await?
+                .ok_or_else(|| {
+                    ProviderError::transient(
+                        PROVIDER,
+                        ProviderErrorKind::Protocol,
+                        format!(
+                            "{OP}: HTTP {} but no Case has {field} = this conversation id yet",
+                            reply.status
+                        ),
+                    )
+                }),
             300 => {
                 let urls: Vec<String> = serde_json::from_slice(&reply.body).unwrap_or_default();
                 let ids: Vec<&str> = urls.iter().filter_map(|u| u.rsplit('/').next()).collect();
@@ -234,7 +263,11 @@ impl SalesforceClient {
     }
 
     /// The Case whose External ID field holds the conversation id (the oldest if several).
-    async fn lookup_external(&self, field: &str, conversation_id: &str) -> Result<Option<Found>, ProviderError> {
+    async fn lookup_external(
+        &self,
+        field: &str,
+        conversation_id: &str,
+    ) -> Result<Option<Found>, ProviderError> {
         let soql = format!(
             "SELECT Id, CaseNumber FROM Case WHERE {field} = {} ORDER BY CreatedDate ASC LIMIT 10",
             soql_string(conversation_id)
@@ -257,7 +290,11 @@ impl SalesforceClient {
     /// Without an External ID field: Cases with our Subject (and SuppliedEmail)
     /// created since the escalation was requested, confirmed by the marker line
     /// at the end of their Description.
-    async fn lookup_guarded(&self, case: &CaseBody, requested_at: DateTime<Utc>) -> Result<Option<Found>, ProviderError> {
+    async fn lookup_guarded(
+        &self,
+        case: &CaseBody,
+        requested_at: DateTime<Utc>,
+    ) -> Result<Option<Found>, ProviderError> {
         // A producer clock running ahead must not hide the case.
         let since = (requested_at.min(Utc::now()) - LOOKUP_SKEW).format("%Y-%m-%dT%H:%M:%SZ");
         let mut soql = format!(
@@ -267,10 +304,17 @@ impl SalesforceClient {
         if let Some(email) = case.supplied_email() {
             soql.push_str(&format!(" AND SuppliedEmail = {}", soql_string(email)));
         }
-        soql.push_str(&format!(" AND CreatedDate >= {since} ORDER BY CreatedDate ASC LIMIT 100"));
-        let rows: Vec<CaseRow> = self.rest.query("find case", &soql, MAX_PAGES, &case.sensitive()).await?;
+        soql.push_str(&format!(
+            " AND CreatedDate >= {since} ORDER BY CreatedDate ASC LIMIT 100"
+        ));
+        let rows: Vec<CaseRow> = self
+            .rest
+            .query("find case", &soql, MAX_PAGES, &case.sensitive())
+            .await?;
         let candidates = rows.len();
-        let found = rows.into_iter().find(|r| case.is_marked(r.description.as_deref()));
+        let found = rows
+            .into_iter()
+            .find(|r| case.is_marked(r.description.as_deref()));
         tracing::debug!(org_id = %self.org_id, candidates, found = found.is_some(), "salesforce case lookup by subject");
         found
             .map(|r| Ok((Self::checked_id(r.id, "find case")?, r.case_number)))
@@ -288,14 +332,19 @@ impl SalesforceClient {
         let reply = self
             .rest
             .call("read case", &[], |http, base| {
-                http.get(base.data(&path)).query(&[("fields", "CaseNumber")])
+                http.get(base.data(&path))
+                    .query(&[("fields", "CaseNumber")])
             })
             .await?;
         Ok(reply.json::<Number>("read case")?.case_number)
     }
 
     /// Attach the full transcript unless an earlier attempt did.
-    async fn ensure_transcript(&self, case_id: &str, file: &TranscriptFile) -> Result<(), ProviderError> {
+    async fn ensure_transcript(
+        &self,
+        case_id: &str,
+        file: &TranscriptFile,
+    ) -> Result<(), ProviderError> {
         let soql = format!(
             "SELECT Id FROM ContentVersion WHERE FirstPublishLocationId = {} AND PathOnClient = {} LIMIT 1",
             soql_string(case_id),
@@ -310,7 +359,8 @@ impl SalesforceClient {
         let reply = self
             .rest
             .call("attach transcript", &[], |http, base| {
-                http.post(base.data("/sobjects/ContentVersion/")).json(&body)
+                http.post(base.data("/sobjects/ContentVersion/"))
+                    .json(&body)
             })
             .await?;
         let created: Created = reply.json("attach transcript")?;
@@ -319,7 +369,12 @@ impl SalesforceClient {
     }
 
     /// Complete a Case found or created: CaseNumber, transcript file, the reference.
-    async fn finish(&self, case_id: String, number: Option<String>, case: &CaseBody) -> Result<ExternalRef, ProviderError> {
+    async fn finish(
+        &self,
+        case_id: String,
+        number: Option<String>,
+        case: &CaseBody,
+    ) -> Result<ExternalRef, ProviderError> {
         let number = match number {
             Some(n) => Some(n),
             None => self.case_number(&case_id).await?,
@@ -343,7 +398,10 @@ impl SalesforceClient {
             "SELECT Id, CommentBody FROM CaseComment WHERE ParentId = {} ORDER BY CreatedDate DESC",
             soql_string(case_id)
         );
-        let rows: Vec<CommentRow> = self.rest.query("list case comments", &soql, MAX_PAGES, &[]).await?;
+        let rows: Vec<CommentRow> = self
+            .rest
+            .query("list case comments", &soql, MAX_PAGES, &[])
+            .await?;
         Ok(rows.into_iter().filter_map(|r| r.comment_body).collect())
     }
 
@@ -380,7 +438,10 @@ impl TicketProvider for SalesforceClient {
             Some(f) => self.upsert_case(f, conv, &case).await?,
             None => {
                 let found = match marker {
-                    Some(CaseMarker::Pending) => self.lookup_guarded(&case, req.escalation.requested_at).await?,
+                    Some(CaseMarker::Pending) => {
+                        self.lookup_guarded(&case, req.escalation.requested_at)
+                            .await?
+                    }
                     _ => None,
                 };
                 match found {
@@ -407,7 +468,10 @@ impl TicketProvider for SalesforceClient {
         self.finish(id, number, &case).await
     }
 
-    async fn find_ticket(&self, req: TicketRequest<'_>) -> Result<Option<ExternalRef>, ProviderError> {
+    async fn find_ticket(
+        &self,
+        req: TicketRequest<'_>,
+    ) -> Result<Option<ExternalRef>, ProviderError> {
         let conv = req.escalation.conversation_id.as_str();
         let field = self.external_id_field()?;
         let case = CaseBody::build(&self.config, req, field.as_deref());
@@ -415,7 +479,10 @@ impl TicketProvider for SalesforceClient {
             Some(CaseMarker::Created(id)) => Some((id, None)),
             _ => match &field {
                 Some(f) => self.lookup_external(f, conv).await?,
-                None => self.lookup_guarded(&case, req.escalation.requested_at).await?,
+                None => {
+                    self.lookup_guarded(&case, req.escalation.requested_at)
+                        .await?
+                }
             },
         };
         let Some((id, number)) = found else {
@@ -428,7 +495,11 @@ impl TicketProvider for SalesforceClient {
         self.finish(id, number, &case).await.map(Some)
     }
 
-    async fn add_customer_message(&self, ticket: &ExternalRef, msg: &CustomerMessage) -> Result<(), ProviderError> {
+    async fn add_customer_message(
+        &self,
+        ticket: &ExternalRef,
+        msg: &CustomerMessage,
+    ) -> Result<(), ProviderError> {
         let case_id = Self::record_id(ticket)?;
         let parts = comment_parts(msg);
         // A split message may have been cut short by a crash: add only the missing parts.
@@ -446,7 +517,11 @@ impl TicketProvider for SalesforceClient {
         Ok(())
     }
 
-    async fn has_customer_message(&self, ticket: &ExternalRef, msg: &CustomerMessage) -> Result<bool, ProviderError> {
+    async fn has_customer_message(
+        &self,
+        ticket: &ExternalRef,
+        msg: &CustomerMessage,
+    ) -> Result<bool, ProviderError> {
         let case_id = Self::record_id(ticket)?;
         let bodies = self.comment_bodies(case_id).await?;
         Ok(comment_parts(msg)

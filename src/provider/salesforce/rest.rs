@@ -20,7 +20,10 @@ pub(super) struct Base<'a> {
 impl Base<'_> {
     /// `{instance_url}/services/data/{version}{path}`
     pub fn data(&self, path: &str) -> String {
-        format!("{}/services/data/{}{}", self.instance_url, self.version, path)
+        format!(
+            "{}/services/data/{}{}",
+            self.instance_url, self.version, path
+        )
     }
 }
 
@@ -63,7 +66,9 @@ pub(super) fn path_segment(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => out.push(char::from(b)),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                out.push(char::from(b))
+            }
             _ => out.push_str(&format!("%{b:02X}")),
         }
     }
@@ -79,7 +84,13 @@ pub(super) struct Rest {
 }
 
 impl Rest {
-    pub fn new(http: reqwest::Client, org_id: &str, version: &str, limit_backoff: Duration, tokens: TokenSource) -> Self {
+    pub fn new(
+        http: reqwest::Client,
+        org_id: &str,
+        version: &str,
+        limit_backoff: Duration,
+        tokens: TokenSource,
+    ) -> Self {
         Rest {
             http,
             org_id: org_id.to_string(),
@@ -97,7 +108,12 @@ impl Rest {
     /// Send the request `build` makes (called again after a token refresh).
     /// 2xx and 3xx answers are returned; the rest become typed errors whose
     /// messages never contain `redact` values.
-    pub async fn call<F>(&self, op: &'static str, redact: &[&str], build: F) -> Result<Reply, ProviderError>
+    pub async fn call<F>(
+        &self,
+        op: &'static str,
+        redact: &[&str],
+        build: F,
+    ) -> Result<Reply, ProviderError>
     where
         F: Fn(&reqwest::Client, &Base<'_>) -> reqwest::RequestBuilder,
     {
@@ -114,11 +130,22 @@ impl Rest {
         }
         let status = resp.status().as_u16();
         let ra = retry_after(resp.headers());
-        let body = resp.bytes().await.map_err(|e| transport_error(PROVIDER, &e))?.to_vec();
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| transport_error(PROVIDER, &e))?
+            .to_vec();
         if (200..400).contains(&status) {
             return Ok(Reply { status, body });
         }
-        let err = rest_error(op, status, ra, &String::from_utf8_lossy(&body), redact, self.limit_backoff);
+        let err = rest_error(
+            op,
+            status,
+            ra,
+            &String::from_utf8_lossy(&body),
+            redact,
+            self.limit_backoff,
+        );
         tracing::warn!(
             org_id = %self.org_id,
             operation = op,
@@ -131,7 +158,12 @@ impl Rest {
         Err(err)
     }
 
-    async fn attempt<F>(&self, op: &'static str, build: &F, token: &AccessToken) -> Result<reqwest::Response, ProviderError>
+    async fn attempt<F>(
+        &self,
+        op: &'static str,
+        build: &F,
+        token: &AccessToken,
+    ) -> Result<reqwest::Response, ProviderError>
     where
         F: Fn(&reqwest::Client, &Base<'_>) -> reqwest::RequestBuilder,
     {
@@ -182,7 +214,9 @@ impl Rest {
         redact: &[&str],
     ) -> Result<Vec<T>, ProviderError> {
         let reply = self
-            .call(op, redact, |http, base| http.get(base.data("/query")).query(&[("q", soql)]))
+            .call(op, redact, |http, base| {
+                http.get(base.data("/query")).query(&[("q", soql)])
+            })
             .await?;
         let mut page: QueryPage<T> = reply.json(op)?;
         let mut records = std::mem::take(&mut page.records);
@@ -192,7 +226,9 @@ impl Rest {
                 break;
             };
             let reply = self
-                .call(op, redact, |http, base| http.get(format!("{}{next}", base.instance_url)))
+                .call(op, redact, |http, base| {
+                    http.get(format!("{}{next}", base.instance_url))
+                })
                 .await?;
             page = reply.json(op)?;
             records.append(&mut page.records);
@@ -217,8 +253,10 @@ mod tests {
 
     #[test]
     fn reads_query_pages() {
-        let p: QueryPage<serde_json::Value> =
-            serde_json::from_str(r#"{"totalSize":1,"done":false,"nextRecordsUrl":"/x","records":[{"Id":"1"}]}"#).unwrap();
+        let p: QueryPage<serde_json::Value> = serde_json::from_str(
+            r#"{"totalSize":1,"done":false,"nextRecordsUrl":"/x","records":[{"Id":"1"}]}"#,
+        )
+        .unwrap();
         assert!(!p.done);
         assert_eq!(p.next_records_url.as_deref(), Some("/x"));
         assert_eq!(p.records.len(), 1);

@@ -30,7 +30,11 @@ pub(super) struct Markers {
 }
 
 fn redis_error(e: &redis::RedisError) -> ProviderError {
-    ProviderError::transient(PROVIDER, ProviderErrorKind::Unavailable, format!("case marker: redis: {e}"))
+    ProviderError::transient(
+        PROVIDER,
+        ProviderErrorKind::Unavailable,
+        format!("case marker: redis: {e}"),
+    )
 }
 
 impl Markers {
@@ -43,12 +47,18 @@ impl Markers {
     }
 
     pub fn key(&self, conversation_id: &str) -> String {
-        format!("{}:sf:case:{{{}:{}}}", self.prefix, self.org_id, conversation_id)
+        format!(
+            "{}:sf:case:{{{}:{}}}",
+            self.prefix, self.org_id, conversation_id
+        )
     }
 
     pub async fn get(&self, conversation_id: &str) -> Result<Option<CaseMarker>, ProviderError> {
         let mut c = self.conn.clone();
-        let raw: Option<String> = c.get(self.key(conversation_id)).await.map_err(|e| redis_error(&e))?;
+        let raw: Option<String> = c
+            .get(self.key(conversation_id))
+            .await
+            .map_err(|e| redis_error(&e))?;
         Ok(raw.map(|r| match r.strip_prefix("case:") {
             Some(id) if !id.is_empty() => CaseMarker::Created(id.to_string()),
             _ => CaseMarker::Pending,
@@ -74,7 +84,11 @@ impl Markers {
     pub async fn set_created(&self, conversation_id: &str, case_id: &str) {
         let mut c = self.conn.clone();
         let r: Result<(), _> = c
-            .set_ex(self.key(conversation_id), format!("case:{case_id}"), MARKER_TTL.as_secs())
+            .set_ex(
+                self.key(conversation_id),
+                format!("case:{case_id}"),
+                MARKER_TTL.as_secs(),
+            )
             .await;
         if let Err(e) = r {
             tracing::warn!(org_id = %self.org_id, case_id, error = %e, "cannot record the created salesforce case");

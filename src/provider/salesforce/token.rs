@@ -101,7 +101,11 @@ pub(super) struct TokenSource {
 
 fn redis_error(what: &str, e: &redis::RedisError) -> ProviderError {
     // Redis errors never carry values of ours (the token) in their text.
-    ProviderError::transient(PROVIDER, ProviderErrorKind::Unavailable, format!("token cache: {what}: {e}"))
+    ProviderError::transient(
+        PROVIDER,
+        ProviderErrorKind::Unavailable,
+        format!("token cache: {what}: {e}"),
+    )
 }
 
 /// RFC 6749 2.3.1: client id and secret are form-encoded before HTTP Basic.
@@ -109,7 +113,9 @@ fn form_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => out.push(char::from(b)),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                out.push(char::from(b))
+            }
             b' ' => out.push('+'),
             _ => out.push_str(&format!("%{b:02X}")),
         }
@@ -118,7 +124,13 @@ fn form_encode(s: &str) -> String {
 }
 
 impl TokenSource {
-    pub fn new(http: reqwest::Client, org_id: &str, config: &SalesforceConfig, conn: ConnectionManager, prefix: &str) -> Self {
+    pub fn new(
+        http: reqwest::Client,
+        org_id: &str,
+        config: &SalesforceConfig,
+        conn: ConnectionManager,
+        prefix: &str,
+    ) -> Self {
         let key = format!("{prefix}:sf:token:{org_id}");
         TokenSource {
             http,
@@ -145,7 +157,10 @@ impl TokenSource {
     /// A token other than `failed` (which Salesforce refused): drops `failed`
     /// from the cache if it is still there, then takes the token another task
     /// or replica fetched meanwhile, or fetches one (one refresh at a time).
-    pub async fn refresh(&self, failed: Option<&AccessToken>) -> Result<AccessToken, ProviderError> {
+    pub async fn refresh(
+        &self,
+        failed: Option<&AccessToken>,
+    ) -> Result<AccessToken, ProviderError> {
         if let Some(f) = failed {
             self.invalidate(f).await?;
         }
@@ -188,7 +203,10 @@ impl TokenSource {
 
     async fn cached(&self) -> Result<Option<AccessToken>, ProviderError> {
         let mut c = self.conn.clone();
-        let raw: Option<String> = c.get(&self.key).await.map_err(|e| redis_error("read", &e))?;
+        let raw: Option<String> = c
+            .get(&self.key)
+            .await
+            .map_err(|e| redis_error("read", &e))?;
         let Some(raw) = raw else { return Ok(None) };
         match serde_json::from_str::<Stored>(&raw) {
             Ok(s) if !s.access_token.is_empty() => Ok(Some(AccessToken {
@@ -244,7 +262,11 @@ impl TokenSource {
     async fn fetch_and_store(&self) -> Result<AccessToken, ProviderError> {
         let stored = self.fetch().await?;
         let json = serde_json::to_string(&stored).map_err(|e| {
-            ProviderError::permanent(PROVIDER, ProviderErrorKind::Protocol, format!("cannot encode the token: {e}"))
+            ProviderError::permanent(
+                PROVIDER,
+                ProviderErrorKind::Protocol,
+                format!("cannot encode the token: {e}"),
+            )
         })?;
         let mut c = self.conn.clone();
         let r: Result<(), _> = c.set_ex(&self.key, json, TOKEN_TTL.as_secs()).await;
@@ -267,16 +289,26 @@ impl TokenSource {
             .timeout(TOKEN_REQUEST_TIMEOUT)
             .header(reqwest::header::ACCEPT, "application/json");
         if self.basic {
-            rb = rb.basic_auth(form_encode(&self.client_id), Some(form_encode(self.client_secret.expose())));
+            rb = rb.basic_auth(
+                form_encode(&self.client_id),
+                Some(form_encode(self.client_secret.expose())),
+            );
         } else {
             form.push(("client_id", self.client_id.as_str()));
             form.push(("client_secret", self.client_secret.expose()));
         }
         let started = Instant::now();
-        let resp = rb.form(&form).send().await.map_err(|e| transport_error(PROVIDER, &e))?;
+        let resp = rb
+            .form(&form)
+            .send()
+            .await
+            .map_err(|e| transport_error(PROVIDER, &e))?;
         let status = resp.status().as_u16();
         let ra = retry_after(resp.headers());
-        let body = resp.text().await.map_err(|e| transport_error(PROVIDER, &e))?;
+        let body = resp
+            .text()
+            .await
+            .map_err(|e| transport_error(PROVIDER, &e))?;
         if !(200..300).contains(&status) {
             let err = token_error(status, ra, &body);
             tracing::warn!(
