@@ -21,7 +21,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-pub const SAMPLE_EVERY: Duration = Duration::from_millis(100);
+pub const SAMPLE_EVERY: Duration = Duration::from_millis(200);
 
 /// One poll of the queues: time since the sampler started, ready messages.
 #[derive(Debug, Clone, Copy)]

@@ -396,8 +396,13 @@ impl TestEnv {
 
     /// Start `escalator worker` with the sandbox orgs pointing at `sim_url`.
     pub fn spawn_worker(&self, sim_url: &str, dir: &std::path::Path, name: &str) -> WorkerProcess {
+        self.spawn_worker_with(&escalator::sandbox::sandbox_config(sim_url), dir, name)
+    }
+
+    /// Start `escalator worker` with this org config text.
+    pub fn spawn_worker_with(&self, config_text: &str, dir: &std::path::Path, name: &str) -> WorkerProcess {
         let config = dir.join(format!("{name}.toml"));
-        std::fs::write(&config, escalator::sandbox::sandbox_config(sim_url)).unwrap();
+        std::fs::write(&config, config_text).unwrap();
         let log = dir.join(format!("{name}.log"));
         let file = std::fs::File::create(&log).unwrap();
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_escalator"))
