@@ -119,7 +119,6 @@ fn org(config: &SalesforceConfig) -> OrgConfig {
         org_id: ORG.into(),
         provider: ProviderKind::Salesforce,
         live_chat: true,
-        default_mode: None,
         zendesk: None,
         salesforce: Some(config.clone()),
     }

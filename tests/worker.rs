@@ -386,8 +386,7 @@ async fn a_retrying_message_holds_back_later_ones_of_its_conversation_only() {
     sb.publish("escalation.requested", "q-esc", &escalation(ORG, "conv-q"))
         .await
         .unwrap();
-    next_event(&mut widget, "conv-p").await;
-    next_event(&mut widget, "conv-q").await;
+    next_events(&mut widget, &["conv-p", "conv-q"]).await;
     // The first comment of conv-p fails through all in-process attempts
     // (4) and one broker round: it must go to the retry queue, and the
     // second comment must wait for it.

@@ -154,7 +154,13 @@ async fn rounds(
     println!("baseline: publishing {count} messages ({PUBLISH_IN_FLIGHT} in flight)");
     let ids: Vec<String> = (0..count).map(|i| format!("bench-{run}-{i:06}")).collect();
     let (cpu_before, started) = (cpu::Snapshot::take(), Instant::now());
-    let (_, sent, last_confirm, received) = round(&publisher, source, &ids, "baseline").await?;
+    let (source, sent, last_confirm, received) =
+        round(&publisher, source, &ids, "baseline").await?;
+    source.close().await;
+    let _ = publisher
+        .channel()
+        .close(200, ShortString::from("bye"))
+        .await;
     let cpu = cpu_before
         .zip(cpu::Snapshot::take())
         .map(|(a, b)| a.until(&b, started.elapsed()));
@@ -286,7 +292,14 @@ async fn serve(
     })
     .await;
     tasks.abort_all();
+    // Close every channel before the connection goes: dropping an open one
+    // while the connection closes races lapin's auto-close (an ERROR log).
+    let _ = publisher
+        .channel()
+        .close(200, ShortString::from("bye"))
+        .await;
     let _ = channel.close(200, ShortString::from("bye")).await;
+    drop(consumer);
 }
 
 /// Consume, publish with confirm, ack: the per-message work of the baseline.
@@ -332,6 +345,7 @@ fn fail(failure: &Failure, message: String) {
 /// The consumer of `bench.baseline.out`, acking each message as the
 /// sandbox's outbound listener does.
 struct OutQueue {
+    channel: Channel,
     consumer: Consumer,
     failure: Failure,
 }
@@ -351,7 +365,15 @@ impl OutQueue {
             )
             .await
             .map_err(|e| format!("baseline: cannot consume {OUT_QUEUE}: {e}"))?;
-        Ok(OutQueue { consumer, failure })
+        Ok(OutQueue {
+            channel,
+            consumer,
+            failure,
+        })
+    }
+
+    async fn close(self) {
+        let _ = self.channel.close(200, ShortString::from("bye")).await;
     }
 
     fn failure(&self) -> Option<String> {

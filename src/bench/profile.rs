@@ -53,8 +53,9 @@ impl Sampler {
                 passive: true,
                 ..Default::default()
             };
+            let probe = channel.clone();
             let ready = |q: String| {
-                let channel = channel.clone();
+                let channel = probe.clone();
                 async move {
                     channel
                         .queue_declare(ShortString::from(q), passive, FieldTable::default())
@@ -86,6 +87,9 @@ impl Sampler {
                     shards_ready,
                 });
             }
+            // Close the channel first: dropping an open one while the
+            // connection closes races lapin's auto-close (an ERROR log).
+            let _ = channel.close(200, ShortString::from("bye")).await;
             let _ = conn.close(200, ShortString::from("bye")).await;
             samples
         });

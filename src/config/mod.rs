@@ -17,7 +17,7 @@ mod zendesk;
 pub use salesforce::{SalesforceConfig, SalesforceIdempotency};
 pub use zendesk::ZendeskConfig;
 
-use crate::contract::{Mode, ProviderKind};
+use crate::contract::ProviderKind;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -75,11 +75,10 @@ pub struct OrgConfig {
     pub org_id: String,
     /// The provider used when an event names none.
     pub provider: ProviderKind,
-    /// The mode used when... every event names its mode; kept for live-chat switch-off.
+    /// The live-chat switch: when off, `live` requests become tickets/cases
+    /// (with `fallback_reason`).
     #[serde(default = "default_true")]
     pub live_chat: bool,
-    #[serde(default)]
-    pub default_mode: Option<Mode>,
     pub zendesk: Option<ZendeskConfig>,
     pub salesforce: Option<SalesforceConfig>,
 }
@@ -271,6 +270,24 @@ tags = ["escalated", "ai"]
             .unwrap_err()
             .to_string();
         assert!(err.contains("org `x`, field `salesforce`"), "{err}");
+    }
+
+    #[test]
+    fn shipped_example_configs_load() {
+        let any = |_: &str| Some("from-env".to_string());
+        for (name, text) in [
+            (
+                "escalator.example.toml",
+                include_str!("../../deploy/config/escalator.example.toml"),
+            ),
+            (
+                "escalator.sim.toml",
+                include_str!("../../deploy/config/escalator.sim.toml"),
+            ),
+        ] {
+            let cfg = Config::parse(text, name, &any).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(cfg.orgs().count() >= 2, "{name}");
+        }
     }
 
     #[test]

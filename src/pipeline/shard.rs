@@ -153,10 +153,8 @@ pub async fn run(
         );
         lane_tasks.abort_all();
     }
-    let channels: Vec<_> = consumers.join_all().await;
-    for ch in channels {
-        let _ = ch.close(200, ShortString::from("bye")).await;
-    }
+    // The channels close with the connection, after every ack went out.
+    let _channels: Vec<_> = consumers.join_all().await;
     if lost.is_cancelled() && !stop.is_cancelled() {
         return Err(InfraError::Corrupt("connection to RabbitMQ lost".into()));
     }

@@ -298,6 +298,28 @@ pub async fn next_event(listener: &mut Listener, conversation: &str) -> Outbound
     }
 }
 
+/// Wait for one event of each of `conversations`, in any order.
+pub async fn next_events(listener: &mut Listener, conversations: &[&str]) -> Vec<OutboundEvent> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut got: Vec<OutboundEvent> = Vec::new();
+    while conversations
+        .iter()
+        .any(|c| !got.iter().any(|e| e.conversation_id == *c))
+    {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let e = listener
+            .next(left)
+            .await
+            .unwrap_or_else(|| panic!("missing events for {conversations:?} after 30 s"));
+        if conversations.contains(&e.conversation_id.as_str())
+            && !got.iter().any(|g| g.conversation_id == e.conversation_id)
+        {
+            got.push(e);
+        }
+    }
+    got
+}
+
 pub fn created(e: &OutboundEvent) -> &escalator::contract::EscalationCreated {
     match &e.payload {
         OutboundPayload::EscalationCreated(c) => c,
@@ -400,7 +422,12 @@ impl TestEnv {
     }
 
     /// Start `escalator worker` with this org config text.
-    pub fn spawn_worker_with(&self, config_text: &str, dir: &std::path::Path, name: &str) -> WorkerProcess {
+    pub fn spawn_worker_with(
+        &self,
+        config_text: &str,
+        dir: &std::path::Path,
+        name: &str,
+    ) -> WorkerProcess {
         let config = dir.join(format!("{name}.toml"));
         std::fs::write(&config, config_text).unwrap();
         let log = dir.join(format!("{name}.log"));

@@ -408,7 +408,6 @@ mod tests {
             org_id: "acme".into(),
             provider: ProviderKind::Salesforce,
             live_chat: true,
-            default_mode: None,
             zendesk: None,
             salesforce: Some(c),
         }

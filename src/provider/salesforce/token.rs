@@ -4,8 +4,10 @@
 //!
 //! | key | content | TTL |
 //! |---|---|---|
-//! | `P:sf:token:O` | JSON `{access_token, instance_url, issued_at}` | 90 min (safety net) |
-//! | `P:sf:token:O:lock` | random owner id of the replica refreshing the token | 20 s |
+//! | `P:sf:token:O:F` | JSON `{access_token, instance_url, issued_at}` | 90 min (safety net) |
+//! | `P:sf:token:O:F:lock` | random owner id of the replica refreshing the token | 20 s |
+//!
+//! `F` fingerprints the token URL and client id (first 12 hex digits of SHA-256).
 //!
 //! Salesforce sends no `expires_in`: a token lives until the org's session
 //! timeout. It is used until a REST call answers 401, then invalidated (only
@@ -131,7 +133,19 @@ impl TokenSource {
         conn: ConnectionManager,
         prefix: &str,
     ) -> Self {
-        let key = format!("{prefix}:sf:token:{org_id}");
+        // The key names the login endpoint and client too: after a config
+        // change (another My Domain, another app) a cached token of the old
+        // org is never used against the new one.
+        let fingerprint = {
+            use sha2::{Digest, Sha256};
+            let digest = Sha256::new()
+                .chain_update(config.token_url())
+                .chain_update([0u8])
+                .chain_update(&config.client_id)
+                .finalize();
+            hex::encode(&digest[..6])
+        };
+        let key = format!("{prefix}:sf:token:{org_id}:{fingerprint}");
         TokenSource {
             http,
             org_id: org_id.to_string(),
