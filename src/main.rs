@@ -84,7 +84,7 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> Result<(), String> {
     match command {
         Command::Worker { settings, config } => {
-            escalator::telemetry::init("info");
+            let _telemetry = escalator::telemetry::init("info");
             let config = Config::load(&config).map_err(|e| e.to_string())?;
             let worker = Worker::start(settings, config)
                 .await
@@ -94,13 +94,14 @@ async fn run(command: Command) -> Result<(), String> {
             Ok(())
         }
         Command::Sim { addr } => {
-            escalator::telemetry::init("info");
+            let _telemetry = escalator::telemetry::init("info");
             escalator::sim::run(addr, escalator::sim::SimSettings::default())
                 .await
                 .map_err(|e| format!("simulator: {e}"))
         }
         Command::Demo { settings } => {
-            escalator::telemetry::init("warn");
+            // lapin logs a harmless error when a connection closes with channels still closing.
+            let _telemetry = escalator::telemetry::init("warn,lapin::channels=off");
             escalator::demo::run(settings).await
         }
         Command::Topology {
@@ -138,7 +139,7 @@ async fn run(command: Command) -> Result<(), String> {
             Ok(())
         }
         Command::Bench { settings, count } => {
-            escalator::telemetry::init("error");
+            let _telemetry = escalator::telemetry::init("error");
             escalator::bench::run(settings, count).await
         }
     }
