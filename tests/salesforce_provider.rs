@@ -832,9 +832,19 @@ async fn customer_messages_become_case_comments_once() {
     let case = create(&client, &config, &escalation(&c)).await.unwrap();
 
     let m1 = message(&c, "m1", "Any news?".into());
-    assert!(!client.has_customer_message(&case, &m1).await.unwrap());
+    assert!(
+        !client
+            .has_customer_message(&case, &m1, chrono::Utc::now())
+            .await
+            .unwrap()
+    );
     client.add_customer_message(&case, &m1).await.unwrap();
-    assert!(client.has_customer_message(&case, &m1).await.unwrap());
+    assert!(
+        client
+            .has_customer_message(&case, &m1, chrono::Utc::now())
+            .await
+            .unwrap()
+    );
     let comments = env.records("CaseComment");
     assert_eq!(comments.len(), 1);
     assert_eq!(comments[0].fields["ParentId"], case.id);
@@ -846,7 +856,12 @@ async fn customer_messages_become_case_comments_once() {
     );
     // Same text, another message: not mistaken for the first.
     let m2 = message(&c, "m2", "Any news?".into());
-    assert!(!client.has_customer_message(&case, &m2).await.unwrap());
+    assert!(
+        !client
+            .has_customer_message(&case, &m2, chrono::Utc::now())
+            .await
+            .unwrap()
+    );
 
     // A long message is split; a crash after the first part is completed without duplicates.
     let m3 = message(&c, "m3", "w".repeat(9_000));
@@ -861,9 +876,19 @@ async fn customer_messages_become_case_comments_once() {
             .unwrap_err()
             .is_transient()
     );
-    assert!(!client.has_customer_message(&case, &m3).await.unwrap());
+    assert!(
+        !client
+            .has_customer_message(&case, &m3, chrono::Utc::now())
+            .await
+            .unwrap()
+    );
     client.add_customer_message(&case, &m3).await.unwrap();
-    assert!(client.has_customer_message(&case, &m3).await.unwrap());
+    assert!(
+        client
+            .has_customer_message(&case, &m3, chrono::Utc::now())
+            .await
+            .unwrap()
+    );
     let comments = env.records("CaseComment");
     assert_eq!(comments.len(), 4);
     let bodies: Vec<&str> = comments

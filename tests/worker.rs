@@ -494,3 +494,57 @@ async fn transient_failures_that_never_end_are_dead_lettered_after_the_last_roun
     sb.stop().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn comment_whose_answer_was_lost_is_not_added_twice() {
+    let env = TestEnv::new("lostcomment").await;
+    let sb = env.sandbox().await;
+    let mut widget = sb.listen(&format!("{ORG}.#")).await.unwrap();
+    sb.publish(
+        "escalation.requested",
+        "lc-esc",
+        &escalation(ORG, "conv-lc"),
+    )
+    .await
+    .unwrap();
+    next_event(&mut widget, "conv-lc").await;
+    let ticket = sb.sim.zendesk_tickets()[0].id;
+    // Zendesk adds the comment, but the answer never arrives.
+    sb.sim.inject(FaultRule {
+        method: Some("PUT".into()),
+        path_prefix: format!("/api/v2/tickets/{ticket}"),
+        times: Some(1),
+        drop_connection: true,
+        after_effect: true,
+        ..Default::default()
+    });
+    sb.publish(
+        "customer.message",
+        "lc-1",
+        &customer_message(ORG, "conv-lc", "lc-1", "it still fails"),
+    )
+    .await
+    .unwrap();
+    sb.publish(
+        "customer.message",
+        "lc-2",
+        &customer_message(ORG, "conv-lc", "lc-2", "hello?"),
+    )
+    .await
+    .unwrap();
+    until_sim(&sb.sim, || sb.sim.zendesk_tickets()[0].comments.len() >= 3).await;
+    let bodies: Vec<_> = sb.sim.zendesk_tickets()[0].comments[1..]
+        .iter()
+        .map(|c| c.body.clone().unwrap_or_default())
+        .collect();
+    assert_eq!(bodies, vec!["it still fails", "hello?"]);
+    let lookups = sb
+        .sim
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.contains("/comments"))
+        .count();
+    assert_eq!(lookups, 1, "the retry looked before re-sending");
+    sb.stop().await;
+    env.cleanup().await;
+}

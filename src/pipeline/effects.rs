@@ -142,6 +142,7 @@ pub async fn relay_customer_message(
         )
         .await?;
     let tried = Arc::new(AtomicBool::new(earlier.is_some()));
+    let since = earlier.unwrap_or_else(Utc::now);
     let ticket = &rec.external;
     let provider = provider.as_ref();
     let (result, _) = ctx
@@ -149,7 +150,8 @@ pub async fn relay_customer_message(
         .run("add customer message", || {
             let tried = tried.clone();
             async move {
-                if tried.load(Ordering::Relaxed) && provider.has_customer_message(ticket, m).await?
+                if tried.load(Ordering::Relaxed)
+                    && provider.has_customer_message(ticket, m, since).await?
                 {
                     tracing::info!("customer message already on the ticket (earlier attempt)");
                     return Ok::<(), ProviderError>(());

@@ -50,10 +50,12 @@ pub trait TicketProvider: Send + Sync {
     ) -> Result<(), ProviderError>;
 
     /// Whether an earlier (crashed) attempt already added this message.
+    /// `since` is when the first attempt began: nothing older can be it.
     async fn has_customer_message(
         &self,
         ticket: &ExternalRef,
         msg: &CustomerMessage,
+        since: chrono::DateTime<chrono::Utc>,
     ) -> Result<bool, ProviderError>;
 }
 

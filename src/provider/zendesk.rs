@@ -13,6 +13,8 @@ use serde_json::{Value, json};
 const PROVIDER: &str = "zendesk";
 /// Zendesk keeps subjects up to this length (longer ones are cut anyway).
 const SUBJECT_MAX: usize = 255;
+/// Clock difference tolerated between us and Zendesk when matching comments.
+const COMMENT_CLOCK_SKEW_SECS: i64 = 10;
 /// Pages of comments read when checking for a comment after a crash.
 const MAX_COMMENT_PAGES: usize = 10;
 
@@ -55,6 +57,8 @@ struct Comment {
     author_id: Option<u64>,
     #[serde(default)]
     body: Option<String>,
+    #[serde(default)]
+    created_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl ZendeskClient {
@@ -257,7 +261,11 @@ impl TicketProvider for ZendeskClient {
         &self,
         ticket: &ExternalRef,
         msg: &CustomerMessage,
+        since: chrono::DateTime<chrono::Utc>,
     ) -> Result<bool, ProviderError> {
+        // Comments cannot carry our message id: match author and exact text,
+        // created no earlier than our first attempt (less clock skew).
+        let not_before = since - chrono::Duration::seconds(COMMENT_CLOCK_SKEW_SECS);
         let id = Self::ticket_id(ticket)?;
         let author = Self::requester_id(ticket);
         let wanted = msg.text.trim();
@@ -268,6 +276,7 @@ impl TicketProvider for ZendeskClient {
             if page.comments.iter().any(|c| {
                 (author.is_none() || c.author_id == author)
                     && c.body.as_deref().map(str::trim) == Some(wanted)
+                    && c.created_at.is_none_or(|at| at >= not_before)
             }) {
                 return Ok(true);
             }

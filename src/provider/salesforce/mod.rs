@@ -521,6 +521,8 @@ impl TicketProvider for SalesforceClient {
         &self,
         ticket: &ExternalRef,
         msg: &CustomerMessage,
+        // The comment header carries a hash of the message id: time is not needed.
+        _since: chrono::DateTime<chrono::Utc>,
     ) -> Result<bool, ProviderError> {
         let case_id = Self::record_id(ticket)?;
         let bodies = self.comment_bodies(case_id).await?;
