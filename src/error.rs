@@ -127,6 +127,8 @@ pub enum InfraError {
     PublishNacked(String),
     #[error("amqp: no queue is bound for a publish to {0} (is the topology declared?)")]
     Unroutable(String),
+    #[error("the connection to RabbitMQ was lost")]
+    ConnectionLost,
     #[error("stored state is corrupt: {0}")]
     Corrupt(String),
 }

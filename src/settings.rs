@@ -76,6 +76,40 @@ impl Settings {
             .map_err(|e| e.to_string())
     }
 
+    /// Reject settings that cannot work, naming the variable and the fix.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut problems = Vec::new();
+        if !(1..=999).contains(&self.shards) {
+            problems.push("ESCALATOR_SHARDS must be between 1 and 999");
+        }
+        if self.prefetch == 0 {
+            problems.push("ESCALATOR_PREFETCH must be at least 1");
+        }
+        if self.concurrency == 0 {
+            problems.push("ESCALATOR_CONCURRENCY must be at least 1");
+        }
+        if self.inline_attempts == 0 {
+            problems.push("ESCALATOR_INLINE_ATTEMPTS must be at least 1");
+        }
+        if self.broker_attempts == 0 {
+            problems.push("ESCALATOR_BROKER_ATTEMPTS must be at least 1");
+        }
+        if self.retry_delay_ms == 0 {
+            problems.push("ESCALATOR_RETRY_DELAY_MS must be at least 1");
+        }
+        if self.delivery_limit == 0 {
+            problems.push("ESCALATOR_DELIVERY_LIMIT must be at least 1");
+        }
+        if self.key_prefix.is_empty() || self.key_prefix.contains(['{', '}', ' ']) {
+            problems.push("ESCALATOR_KEY_PREFIX must be non-empty, without braces or spaces");
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("invalid settings: {}", problems.join("; ")))
+        }
+    }
+
     pub fn retry_delay(&self) -> Duration {
         Duration::from_millis(self.retry_delay_ms)
     }
@@ -124,6 +158,19 @@ pub fn redact_url(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rejects_settings_that_cannot_work() {
+        let mut s = Settings::from_env().unwrap();
+        assert!(s.validate().is_ok());
+        s.shards = 0;
+        s.prefetch = 0;
+        let err = s.validate().unwrap_err();
+        assert!(
+            err.contains("ESCALATOR_SHARDS") && err.contains("ESCALATOR_PREFETCH"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn redacts_passwords_in_urls() {

@@ -190,7 +190,12 @@ async fn forward(
     let message_id = d.properties.message_id().as_ref().map(|s| s.as_str());
     match route(ctx, routing_key, &d.data, message_id) {
         Route::Shard { shard, meta } => {
-            let span = tracing::info_span!("route", org_id = %meta.org_id, conversation_id = %meta.conversation_id, routing_key, shard);
+            let provider = ctx
+                .config
+                .org(&meta.org_id)
+                .map(|o| o.provider.as_str())
+                .unwrap_or("unknown");
+            let span = tracing::info_span!("route", org_id = %meta.org_id, conversation_id = %meta.conversation_id, provider, routing_key, shard);
             let _g = span.enter();
             tracing::debug!("forwarding to work shard");
             let props = meta.write(d.properties.clone());

@@ -39,6 +39,7 @@ impl Worker {
     /// Connect to Redis and build the provider clients. RabbitMQ is checked
     /// once too, so that a wrong URL fails at start instead of looping.
     pub async fn start(settings: Settings, config: Config) -> Result<Worker, StartError> {
+        settings.validate().map_err(StartError::Setup)?;
         let store = Store::connect(
             &settings.redis_url,
             &settings.key_prefix,

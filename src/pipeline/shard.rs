@@ -156,7 +156,7 @@ pub async fn run(
     // The channels close with the connection, after every ack went out.
     let _channels: Vec<_> = consumers.join_all().await;
     if lost.is_cancelled() && !stop.is_cancelled() {
-        return Err(InfraError::Corrupt("connection to RabbitMQ lost".into()));
+        return Err(InfraError::ConnectionLost);
     }
     Ok(())
 }
