@@ -11,10 +11,12 @@
 //! | `P:conv:{T}:attempt:{what}` | string | time an effect was first attempted (crash guard) | state TTL |
 //! | `P:conv:{T}:parked` | list | message ids waiting in the retry queue, oldest first | state TTL |
 use crate::contract::{ExternalKind, Mode, ProviderKind};
+use crate::error::InfraError;
 use chrono::{DateTime, Utc};
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
+use std::sync::LazyLock;
 use std::time::Duration;
 
 /// What the escalation created at the provider.
@@ -73,15 +75,26 @@ pub struct Store {
     ttl_secs: i64,
 }
 
-const ADMIT: &str = r#"
-local head = redis.call('LINDEX', KEYS[1], 0)
-if not head then return 0 end
-if head == ARGV[1] then return 1 end
-if not redis.call('LPOS', KEYS[1], ARGV[1]) then
-  redis.call('RPUSH', KEYS[1], ARGV[1])
-  redis.call('EXPIRE', KEYS[1], ARGV[2])
+/// Start handling a message: is it done already? may it run now (parked
+/// messages of its conversation)? and the conversation record, in one trip.
+/// KEYS: done marker, parked list, conversation hash. ARGV: message id, TTL.
+/// Returns {done, admission (0 proceed, 1 head, 2 wait), record or false}.
+const BEGIN: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then return {1, 0, false} end
+local admission = 0
+local head = redis.call('LINDEX', KEYS[2], 0)
+if head then
+  if head == ARGV[1] then
+    admission = 1
+  else
+    admission = 2
+    if not redis.call('LPOS', KEYS[2], ARGV[1]) then
+      redis.call('RPUSH', KEYS[2], ARGV[1])
+      redis.call('EXPIRE', KEYS[2], ARGV[2])
+    end
+  end
 end
-return 2
+return {0, admission, redis.call('HGET', KEYS[3], 'record')}
 "#;
 
 const PARK: &str = r#"
@@ -92,21 +105,39 @@ redis.call('EXPIRE', KEYS[1], ARGV[2])
 return redis.call('LINDEX', KEYS[1], 0) == ARGV[1] and 1 or 0
 "#;
 
-const RELEASE: &str = r#"
-redis.call('LREM', KEYS[1], 1, ARGV[1])
-return redis.call('LLEN', KEYS[1])
+/// Record the effect's outcome and give its outbound events their seq, in
+/// one trip. KEYS: conversation hash, events hash. ARGV: TTL, now (ms),
+/// record JSON or "", then one `{cause}/{type}` per event.
+/// An event keeps the seq and time it got the first time.
+const COMMIT: &str = r#"
+if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'record', ARGV[3]) end
+local out = {}
+for i = 4, #ARGV do
+  local v = redis.call('HGET', KEYS[2], ARGV[i])
+  if not v then
+    v = redis.call('HINCRBY', KEYS[1], 'seq', 1) .. ':' .. ARGV[2]
+    redis.call('HSET', KEYS[2], ARGV[i], v)
+  end
+  out[#out + 1] = v
+end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+if #ARGV >= 4 then redis.call('EXPIRE', KEYS[2], ARGV[1]) end
+return out
 "#;
 
-const SEQ: &str = r#"
-local v = redis.call('HGET', KEYS[2], ARGV[1])
-if v then return v end
-local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-v = seq .. ':' .. ARGV[2]
-redis.call('HSET', KEYS[2], ARGV[1], v)
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-redis.call('EXPIRE', KEYS[2], ARGV[3])
-return v
-"#;
+// Compiled once: a Script hashes its source (EVALSHA) when it is made.
+static BEGIN_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(BEGIN));
+static PARK_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(PARK));
+static COMMIT_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(COMMIT));
+
+/// What [`Store::begin`] found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Begin {
+    /// The message was fully handled before (duplicate or replay).
+    pub done: bool,
+    pub admission: Admission,
+    pub record: Option<ConversationRecord>,
+}
 
 impl Store {
     pub async fn connect(
@@ -147,67 +178,89 @@ impl Store {
             .map(|_| ())
     }
 
-    pub async fn conversation(
-        &self,
-        org: &str,
-        conv: &str,
-    ) -> Result<Option<ConversationRecord>, crate::error::InfraError> {
+    /// Is the message done? May it run? And the conversation record.
+    pub async fn begin(&self, org: &str, conv: &str, message_id: &str) -> Result<Begin, InfraError> {
         let mut c = self.conn.clone();
-        let raw: Option<String> = c.hget(self.key(org, conv, ""), "record").await?;
-        raw.map(|r| {
-            serde_json::from_str(&r).map_err(|e| {
-                crate::error::InfraError::Corrupt(format!(
-                    "conversation record of {org}/{conv}: {e}"
-                ))
+        let (done, admission, record): (i64, i64, Option<String>) = BEGIN_SCRIPT
+            .key(self.key(org, conv, &format!(":done:{message_id}")))
+            .key(self.key(org, conv, ":parked"))
+            .key(self.key(org, conv, ""))
+            .arg(message_id)
+            .arg(self.ttl_secs)
+            .invoke_async(&mut c)
+            .await?;
+        let record = record
+            .map(|r| {
+                serde_json::from_str(&r)
+                    .map_err(|e| InfraError::Corrupt(format!("conversation record of {org}/{conv}: {e}")))
             })
+            .transpose()?;
+        Ok(Begin {
+            done: done == 1,
+            admission: match admission {
+                0 => Admission::Proceed,
+                1 => Admission::Head,
+                _ => Admission::Wait,
+            },
+            record,
         })
-        .transpose()
     }
 
-    pub async fn save_conversation(
-        &self,
-        rec: &ConversationRecord,
-    ) -> Result<(), redis::RedisError> {
-        let key = self.key(&rec.org_id, &rec.conversation_id, "");
-        let json = serde_json::to_string(rec).map_err(|e| {
-            redis::RedisError::from((redis::ErrorKind::Client, "serialize record", e.to_string()))
-        })?;
-        let mut c = self.conn.clone();
-        redis::pipe()
-            .atomic()
-            .hset(&key, "record", json)
-            .ignore()
-            .expire(&key, self.ttl_secs)
-            .ignore()
-            .query_async::<()>(&mut c)
-            .await
-    }
-
-    /// Has this inbound message been fully handled before?
-    pub async fn is_done(
+    /// Save the conversation record (when given) and assign the seq and time
+    /// of each outbound event `event_types` caused by inbound `cause`:
+    /// assigned once, the same on every retry or replay.
+    pub async fn commit(
         &self,
         org: &str,
         conv: &str,
-        message_id: &str,
-    ) -> Result<bool, redis::RedisError> {
+        cause: &str,
+        record: Option<&ConversationRecord>,
+        event_types: &[&str],
+    ) -> Result<Vec<(u64, DateTime<Utc>)>, InfraError> {
+        let record = match record {
+            Some(r) => serde_json::to_string(r).map_err(|e| InfraError::Corrupt(format!("serialize record: {e}")))?,
+            None => String::new(),
+        };
+        let mut script = COMMIT_SCRIPT.prepare_invoke();
+        script
+            .key(self.key(org, conv, ""))
+            .key(self.key(org, conv, ":events"))
+            .arg(self.ttl_secs)
+            .arg(Utc::now().timestamp_millis())
+            .arg(record);
+        for t in event_types {
+            script.arg(format!("{cause}/{t}"));
+        }
         let mut c = self.conn.clone();
-        c.exists(self.key(org, conv, &format!(":done:{message_id}")))
-            .await
+        let values: Vec<String> = script.invoke_async(&mut c).await?;
+        values
+            .iter()
+            .map(|v| {
+                let corrupt = || InfraError::Corrupt(format!("outbound seq of {org}/{conv}: {v}"));
+                let (seq, ms) = v.split_once(':').ok_or_else(corrupt)?;
+                let seq = seq.parse().map_err(|_| corrupt())?;
+                let at = ms.parse().ok().and_then(DateTime::from_timestamp_millis).ok_or_else(corrupt)?;
+                Ok((seq, at))
+            })
+            .collect()
     }
 
-    pub async fn mark_done(
-        &self,
-        org: &str,
-        conv: &str,
-        message_id: &str,
-    ) -> Result<(), redis::RedisError> {
+    /// The message is finished: take it off the parked list and, when `done`,
+    /// mark it handled (a dead-lettered message is not done: a replay runs again).
+    pub async fn finish(&self, org: &str, conv: &str, message_id: &str, done: bool) -> Result<(), redis::RedisError> {
         let mut c = self.conn.clone();
-        c.set_ex(
-            self.key(org, conv, &format!(":done:{message_id}")),
-            Utc::now().timestamp_millis(),
-            self.ttl_secs as u64,
-        )
-        .await
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        if done {
+            pipe.set_ex(
+                self.key(org, conv, &format!(":done:{message_id}")),
+                Utc::now().timestamp_millis(),
+                self.ttl_secs as u64,
+            )
+            .ignore();
+        }
+        pipe.lrem(self.key(org, conv, ":parked"), 1, message_id).ignore();
+        pipe.query_async::<()>(&mut c).await
     }
 
     /// Record that an effect is about to be attempted. Returns the time of an
@@ -235,89 +288,17 @@ impl Store {
         Ok(previous.and_then(DateTime::from_timestamp_millis))
     }
 
-    /// May `message_id` run now? Registers it behind parked messages if not.
-    pub async fn admit(
-        &self,
-        org: &str,
-        conv: &str,
-        message_id: &str,
-    ) -> Result<Admission, redis::RedisError> {
-        let mut c = self.conn.clone();
-        let r: i64 = redis::Script::new(ADMIT)
-            .key(self.key(org, conv, ":parked"))
-            .arg(message_id)
-            .arg(self.ttl_secs)
-            .invoke_async(&mut c)
-            .await?;
-        Ok(match r {
-            0 => Admission::Proceed,
-            1 => Admission::Head,
-            _ => Admission::Wait,
-        })
-    }
-
     /// Add `message_id` to the conversation's parked list (if absent).
     /// Returns whether it is the head of the list.
-    pub async fn park(
-        &self,
-        org: &str,
-        conv: &str,
-        message_id: &str,
-    ) -> Result<bool, redis::RedisError> {
+    pub async fn park(&self, org: &str, conv: &str, message_id: &str) -> Result<bool, redis::RedisError> {
         let mut c = self.conn.clone();
-        let head: i64 = redis::Script::new(PARK)
+        let head: i64 = PARK_SCRIPT
             .key(self.key(org, conv, ":parked"))
             .arg(message_id)
             .arg(self.ttl_secs)
             .invoke_async(&mut c)
             .await?;
         Ok(head == 1)
-    }
-
-    /// Remove `message_id` from the parked list; returns how many remain.
-    pub async fn release(
-        &self,
-        org: &str,
-        conv: &str,
-        message_id: &str,
-    ) -> Result<u64, redis::RedisError> {
-        let mut c = self.conn.clone();
-        redis::Script::new(RELEASE)
-            .key(self.key(org, conv, ":parked"))
-            .arg(message_id)
-            .invoke_async(&mut c)
-            .await
-    }
-
-    /// The seq and time of the outbound event `event_type` caused by inbound
-    /// `message_id`: assigned once, the same on every retry or replay.
-    pub async fn outbound_seq(
-        &self,
-        org: &str,
-        conv: &str,
-        message_id: &str,
-        event_type: &str,
-    ) -> Result<(u64, DateTime<Utc>), crate::error::InfraError> {
-        let mut c = self.conn.clone();
-        let now = Utc::now().timestamp_millis();
-        let v: String = redis::Script::new(SEQ)
-            .key(self.key(org, conv, ""))
-            .key(self.key(org, conv, ":events"))
-            .arg(format!("{message_id}/{event_type}"))
-            .arg(now)
-            .arg(self.ttl_secs)
-            .invoke_async(&mut c)
-            .await?;
-        let corrupt =
-            || crate::error::InfraError::Corrupt(format!("outbound seq of {org}/{conv}: {v}"));
-        let (seq, ms) = v.split_once(':').ok_or_else(corrupt)?;
-        let seq = seq.parse().map_err(|_| corrupt())?;
-        let at = ms
-            .parse()
-            .ok()
-            .and_then(DateTime::from_timestamp_millis)
-            .ok_or_else(corrupt)?;
-        Ok((seq, at))
     }
 
     /// Delete every key under this store's prefix (tests, `--reset` of the demo).

@@ -21,22 +21,30 @@ pub fn provider_of(
     requested.or_else(|| ctx.config.org(org_id).map(|o| o.provider))
 }
 
+/// What an event changed: a new conversation record to save (if any) and
+/// the outbound events to publish.
+#[derive(Debug, Default)]
+pub struct Effect {
+    pub record: Option<ConversationRecord>,
+    pub events: Vec<OutboundPayload>,
+}
+
 /// `escalation.requested`: one ticket or case per conversation.
 pub async fn escalate(
     ctx: &Context,
     e: &EscalationRequested,
-) -> Result<Vec<OutboundPayload>, ProcessError> {
+    existing: Option<&ConversationRecord>,
+) -> Result<Effect, ProcessError> {
     let org = ctx
         .config
         .org(&e.org_id)
         .ok_or_else(|| ProcessError::Rejected(format!("unknown org {}", e.org_id)))?;
-    if let Some(rec) = ctx
-        .store
-        .conversation(&e.org_id, &e.conversation_id)
-        .await?
-    {
+    if let Some(rec) = existing {
         // Already escalated (redelivery, duplicate, replay): same answer, no new effect.
-        return Ok(vec![created(&rec)]);
+        return Ok(Effect {
+            record: None,
+            events: vec![created(rec)],
+        });
     }
     let kind = e.provider.unwrap_or(org.provider);
     let fallback_reason = match e.mode {
@@ -67,8 +75,8 @@ pub async fn escalate(
         created_at: now,
         updated_at: now,
     };
-    ctx.store.save_conversation(&rec).await?;
-    Ok(vec![created(&rec)])
+    let events = vec![created(&rec)];
+    Ok(Effect { record: Some(rec), events })
 }
 
 /// Create the ticket, looking for one first whenever an earlier try (in an
@@ -121,12 +129,9 @@ fn created(rec: &ConversationRecord) -> OutboundPayload {
 pub async fn relay_customer_message(
     ctx: &Context,
     m: &CustomerMessage,
-) -> Result<Vec<OutboundPayload>, ProcessError> {
-    let Some(rec) = ctx
-        .store
-        .conversation(&m.org_id, &m.conversation_id)
-        .await?
-    else {
+    existing: Option<&ConversationRecord>,
+) -> Result<Effect, ProcessError> {
+    let Some(rec) = existing else {
         return Err(ProcessError::Rejected(format!(
             "conversation {} has no escalation: customer.message must follow a successful escalation.requested",
             m.conversation_id
@@ -162,5 +167,5 @@ pub async fn relay_customer_message(
         })
         .await;
     result?;
-    Ok(vec![])
+    Ok(Effect::default())
 }

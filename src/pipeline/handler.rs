@@ -48,11 +48,12 @@ pub async fn handle(
         m.conversation_id.as_str(),
         m.dedupe_id.as_str(),
     );
-    if ctx.store.is_done(org, conv, id).await? {
+    let begin = ctx.store.begin(org, conv, id).await?;
+    if begin.done {
         tracing::info!("duplicate message, already handled");
         return Ok(Fate::Duplicate);
     }
-    match ctx.store.admit(org, conv, id).await? {
+    match begin.admission {
         Admission::Proceed | Admission::Head if m.not_before.is_some_and(|t| t > Utc::now()) => {
             // Back from the retry queue before its backoff is over: another round.
             ctx.store.park(org, conv, id).await?;
@@ -71,10 +72,12 @@ pub async fn handle(
 
     let provider = effects::provider_of(ctx, org, requested_provider(&item.event));
     let result = match &item.event {
-        InboundEvent::EscalationRequested(e) => effects::escalate(ctx, e).await,
-        InboundEvent::CustomerMessage(msg) => effects::relay_customer_message(ctx, msg).await,
+        InboundEvent::EscalationRequested(e) => effects::escalate(ctx, e, begin.record.as_ref()).await,
+        InboundEvent::CustomerMessage(msg) => {
+            effects::relay_customer_message(ctx, msg, begin.record.as_ref()).await
+        }
         // A ticket has no typing indicator and nothing to close: accepted, no effect.
-        InboundEvent::CustomerTyping(_) | InboundEvent::CustomerEnded(_) => Ok(vec![]),
+        InboundEvent::CustomerTyping(_) | InboundEvent::CustomerEnded(_) => Ok(effects::Effect::default()),
         InboundEvent::WebhookZendesk(_) | InboundEvent::WebhookSunshine(_) => Err(
             ProcessError::Rejected("webhooks are not handled by this version".into()),
         ),
@@ -82,10 +85,11 @@ pub async fn handle(
     let provider = provider.unwrap_or(ProviderKind::Zendesk);
 
     match result {
-        Ok(events) => {
-            outbound::publish(&ctx.store, publisher, org, conv, provider, id, events).await?;
-            ctx.store.mark_done(org, conv, id).await?;
-            ctx.store.release(org, conv, id).await?;
+        Ok(effect) => {
+            let types: Vec<&str> = effect.events.iter().map(|p| p.event_type()).collect();
+            let seqs = ctx.store.commit(org, conv, id, effect.record.as_ref(), &types).await?;
+            outbound::publish(publisher, org, conv, provider, id, effect.events.into_iter().zip(seqs)).await?;
+            ctx.store.finish(org, conv, id, true).await?;
             Ok(Fate::Done)
         }
         Err(ProcessError::Infra(e)) => Err(e),
@@ -130,9 +134,10 @@ pub async fn handle(
                 error_class: class,
                 failed_event: m.routing_key.clone(),
             });
-            outbound::publish(&ctx.store, publisher, org, conv, provider, id, vec![failed]).await?;
+            let seqs = ctx.store.commit(org, conv, id, None, &[failed.event_type()]).await?;
+            outbound::publish(publisher, org, conv, provider, id, [failed].into_iter().zip(seqs)).await?;
             // Not marked done: a replay from the dead-letter queue runs again.
-            ctx.store.release(org, conv, id).await?;
+            ctx.store.finish(org, conv, id, false).await?;
             Ok(Fate::DeadLettered)
         }
     }

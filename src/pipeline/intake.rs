@@ -139,22 +139,28 @@ pub async fn run(
         usize::from(ctx.settings.prefetch).max(1),
     );
     let acker_task = tokio::spawn(async move {
-        while let Some((pending, acker)) = rx.recv().await {
-            let outcome = match pending.wait().await {
-                Ok(()) => acker.ack(BasicAckOptions::default()).await,
-                Err(e) => {
-                    tracing::warn!(error = %e, "forwarding not confirmed: requeueing the inbound message");
-                    acker
-                        .nack(BasicNackOptions {
-                            requeue: true,
-                            ..Default::default()
-                        })
-                        .await
-                }
-            };
-            if let Err(e) = outcome {
-                tracing::warn!(error = %e, "cannot settle an inbound message (connection lost?)");
+        // Deliveries are settled in order, so one ack with `multiple` covers
+        // every confirmed message up to it.
+        while let Some(first) = rx.recv().await {
+            let mut batch = vec![first];
+            while let Ok(next) = rx.try_recv() {
+                batch.push(next);
             }
+            let mut confirmed: Option<Acker> = None;
+            for (pending, acker) in batch {
+                match pending.wait().await {
+                    Ok(()) => confirmed = Some(acker),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "forwarding not confirmed: requeueing the inbound message");
+                        settle(confirmed.take(), true).await;
+                        let requeue = BasicNackOptions { requeue: true, ..Default::default() };
+                        if let Err(e) = acker.nack(requeue).await {
+                            tracing::warn!(error = %e, "cannot requeue an inbound message (connection lost?)");
+                        }
+                    }
+                }
+            }
+            settle(confirmed, true).await;
         }
     });
     let result = loop {
@@ -179,6 +185,15 @@ pub async fn run(
     drop(tx);
     let _ = acker_task.await;
     result
+}
+
+/// Ack `acker` (and, with `multiple`, every earlier delivery of its channel).
+async fn settle(acker: Option<Acker>, multiple: bool) {
+    if let Some(acker) = acker
+        && let Err(e) = acker.ack(BasicAckOptions { multiple }).await
+    {
+        tracing::warn!(error = %e, "cannot ack inbound messages (connection lost?): they will be redelivered and deduplicated");
+    }
 }
 
 async fn forward(

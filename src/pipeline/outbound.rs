@@ -3,28 +3,25 @@
 use crate::amqp::{Publisher, json_properties};
 use crate::contract::{OutboundEvent, OutboundPayload, ProviderKind};
 use crate::error::InfraError;
-use crate::store::Store;
 use crate::topology::OUTBOUND_EXCHANGE;
+use chrono::{DateTime, Utc};
 use lapin::types::ShortString;
 
 /// Namespace of outbound event ids (UUID v5 of org/conversation/cause/type).
 const EVENT_NS: uuid::Uuid = uuid::Uuid::from_u128(0x6d0f_3c1e_8a57_4d2b_9c1a_5e7f_2b3d_4c5e);
 
-/// Publish the events that inbound message `cause` led to, in order.
+/// Publish the events that inbound message `cause` led to, in order, each
+/// with the seq and time the store assigned it (`Store::commit`).
 pub async fn publish(
-    store: &Store,
     publisher: &Publisher,
     org_id: &str,
     conversation_id: &str,
     provider: ProviderKind,
     cause: &str,
-    payloads: Vec<OutboundPayload>,
+    events: impl IntoIterator<Item = (OutboundPayload, (u64, DateTime<Utc>))>,
 ) -> Result<(), InfraError> {
-    for payload in payloads {
+    for (payload, (seq, occurred_at)) in events {
         let event_type = payload.event_type();
-        let (seq, occurred_at) = store
-            .outbound_seq(org_id, conversation_id, cause, event_type)
-            .await?;
         let event = OutboundEvent {
             event_id: uuid::Uuid::new_v5(
                 &EVENT_NS,
