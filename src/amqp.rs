@@ -12,6 +12,19 @@ pub async fn connect(url: &str, name: &str) -> Result<Connection, lapin::Error> 
     Connection::connect(url, props).await
 }
 
+/// Connect, or explain which broker could not be reached and how to start it.
+pub async fn connect_explained(
+    settings: &crate::settings::Settings,
+    name: &str,
+) -> Result<Connection, String> {
+    connect(&settings.amqp_url, name).await.map_err(|e| {
+        format!(
+            "cannot reach RabbitMQ at {}: {e}. Start it, e.g.: rabbitmq-server -detached",
+            settings.amqp_url_redacted()
+        )
+    })
+}
+
 /// A channel in confirm mode: every publish is confirmed by the broker.
 #[derive(Clone)]
 pub struct Publisher {

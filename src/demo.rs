@@ -1,6 +1,6 @@
 //! `escalator demo`: the whole flow on the simulator, printed for a person.
 use crate::contract::{OutboundEvent, OutboundPayload};
-use crate::sandbox::{SALESFORCE_ORG, Sandbox, ZENDESK_ORG, sandbox_config};
+use crate::sandbox::{SALESFORCE_ORG, Sandbox, ZENDESK_ORG, sample_escalation, sandbox_config};
 use crate::settings::Settings;
 use chrono::Utc;
 use serde_json::json;
@@ -36,7 +36,7 @@ async fn scenario(sandbox: &Sandbox) -> Result<(), String> {
         .publish(
             "escalation.requested",
             &format!("{conv}-escalation"),
-            &escalation(ZENDESK_ORG, &conv),
+            &sample_escalation(ZENDESK_ORG, &conv),
         )
         .await?;
     let event = expect(&mut widget, &conv).await?;
@@ -83,30 +83,12 @@ async fn scenario(sandbox: &Sandbox) -> Result<(), String> {
         .publish(
             "escalation.requested",
             &format!("{conv}-escalation"),
-            &escalation(SALESFORCE_ORG, &conv),
+            &sample_escalation(SALESFORCE_ORG, &conv),
         )
         .await?;
     let event = expect(&mut widget, &conv).await?;
     print_event(&event);
     Ok(())
-}
-
-fn escalation(org: &str, conv: &str) -> serde_json::Value {
-    let now = Utc::now();
-    json!({
-        "org_id": org,
-        "conversation_id": conv,
-        "mode": "ticket",
-        "customer": { "id": "cust-42", "name": "Ada Lovelace", "email": "ada@example.com" },
-        "subject": "Refund for a double charge",
-        "summary": "Customer was charged twice for order 4711 and wants a refund.",
-        "transcript": [
-            { "role": "customer", "text": "I was charged twice!", "sent_at": now },
-            { "role": "ai", "text": "Sorry about that. Let me get a human to help.", "sent_at": now },
-        ],
-        "context": { "plan": "pro", "locale": "en-GB", "page_url": "https://shop.example.com/orders/4711" },
-        "requested_at": now,
-    })
 }
 
 async fn expect(

@@ -116,14 +116,7 @@ async fn run(command: Command) -> Result<(), String> {
                 println!("{json}");
                 return Ok(());
             }
-            let conn = escalator::amqp::connect(&settings.amqp_url, "escalator-topology")
-                .await
-                .map_err(|e| {
-                    format!(
-                        "cannot reach RabbitMQ at {}: {e}",
-                        settings.amqp_url_redacted()
-                    )
-                })?;
+            let conn = escalator::amqp::connect_explained(&settings, "escalator-topology").await?;
             let channel = conn.create_channel().await.map_err(|e| e.to_string())?;
             topology
                 .declare(&channel)
@@ -139,7 +132,7 @@ async fn run(command: Command) -> Result<(), String> {
             Ok(())
         }
         Command::Bench { settings, count } => {
-            let _telemetry = escalator::telemetry::init("error");
+            let _telemetry = escalator::telemetry::init("error,lapin::channels=off");
             escalator::bench::run(settings, count).await
         }
     }

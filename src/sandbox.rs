@@ -48,6 +48,25 @@ priority = "Medium"
     )
 }
 
+/// A realistic `escalation.requested` body (ticket mode) for `org` and `conversation_id`.
+pub fn sample_escalation(org: &str, conversation_id: &str) -> serde_json::Value {
+    let now = chrono::Utc::now();
+    serde_json::json!({
+        "org_id": org,
+        "conversation_id": conversation_id,
+        "mode": "ticket",
+        "customer": { "id": "cust-42", "name": "Ada Lovelace", "email": "ada@example.com" },
+        "subject": "Refund for a double charge",
+        "summary": "Customer was charged twice for order 4711 and wants a refund.",
+        "transcript": [
+            { "role": "customer", "text": "I was charged twice!", "sent_at": now },
+            { "role": "ai", "text": "Sorry about that. Let me get a human to help.", "sent_at": now },
+        ],
+        "context": { "plan": "pro", "locale": "en-GB", "page_url": "https://shop.example.com/orders/4711" },
+        "requested_at": now,
+    })
+}
+
 pub struct Sandbox {
     pub sim: SimHandle,
     pub settings: Settings,
@@ -65,14 +84,7 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(settings: &Settings) -> Result<Client, String> {
-        let conn = amqp::connect(&settings.amqp_url, "escalator-client")
-            .await
-            .map_err(|e| {
-                format!(
-                    "cannot reach RabbitMQ at {}: {e}",
-                    settings.amqp_url_redacted()
-                )
-            })?;
+        let conn = amqp::connect_explained(settings, "escalator-client").await?;
         let publisher = Publisher::open(&conn).await.map_err(|e| e.to_string())?;
         Ok(Client { conn, publisher })
     }

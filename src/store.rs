@@ -179,7 +179,12 @@ impl Store {
     }
 
     /// Is the message done? May it run? And the conversation record.
-    pub async fn begin(&self, org: &str, conv: &str, message_id: &str) -> Result<Begin, InfraError> {
+    pub async fn begin(
+        &self,
+        org: &str,
+        conv: &str,
+        message_id: &str,
+    ) -> Result<Begin, InfraError> {
         let mut c = self.conn.clone();
         let (done, admission, record): (i64, i64, Option<String>) = BEGIN_SCRIPT
             .key(self.key(org, conv, &format!(":done:{message_id}")))
@@ -191,8 +196,9 @@ impl Store {
             .await?;
         let record = record
             .map(|r| {
-                serde_json::from_str(&r)
-                    .map_err(|e| InfraError::Corrupt(format!("conversation record of {org}/{conv}: {e}")))
+                serde_json::from_str(&r).map_err(|e| {
+                    InfraError::Corrupt(format!("conversation record of {org}/{conv}: {e}"))
+                })
             })
             .transpose()?;
         Ok(Begin {
@@ -218,7 +224,8 @@ impl Store {
         event_types: &[&str],
     ) -> Result<Vec<(u64, DateTime<Utc>)>, InfraError> {
         let record = match record {
-            Some(r) => serde_json::to_string(r).map_err(|e| InfraError::Corrupt(format!("serialize record: {e}")))?,
+            Some(r) => serde_json::to_string(r)
+                .map_err(|e| InfraError::Corrupt(format!("serialize record: {e}")))?,
             None => String::new(),
         };
         let mut script = COMMIT_SCRIPT.prepare_invoke();
@@ -239,7 +246,11 @@ impl Store {
                 let corrupt = || InfraError::Corrupt(format!("outbound seq of {org}/{conv}: {v}"));
                 let (seq, ms) = v.split_once(':').ok_or_else(corrupt)?;
                 let seq = seq.parse().map_err(|_| corrupt())?;
-                let at = ms.parse().ok().and_then(DateTime::from_timestamp_millis).ok_or_else(corrupt)?;
+                let at = ms
+                    .parse()
+                    .ok()
+                    .and_then(DateTime::from_timestamp_millis)
+                    .ok_or_else(corrupt)?;
                 Ok((seq, at))
             })
             .collect()
@@ -247,7 +258,13 @@ impl Store {
 
     /// The message is finished: take it off the parked list and, when `done`,
     /// mark it handled (a dead-lettered message is not done: a replay runs again).
-    pub async fn finish(&self, org: &str, conv: &str, message_id: &str, done: bool) -> Result<(), redis::RedisError> {
+    pub async fn finish(
+        &self,
+        org: &str,
+        conv: &str,
+        message_id: &str,
+        done: bool,
+    ) -> Result<(), redis::RedisError> {
         let mut c = self.conn.clone();
         let mut pipe = redis::pipe();
         pipe.atomic();
@@ -259,7 +276,8 @@ impl Store {
             )
             .ignore();
         }
-        pipe.lrem(self.key(org, conv, ":parked"), 1, message_id).ignore();
+        pipe.lrem(self.key(org, conv, ":parked"), 1, message_id)
+            .ignore();
         pipe.query_async::<()>(&mut c).await
     }
 
@@ -290,7 +308,12 @@ impl Store {
 
     /// Add `message_id` to the conversation's parked list (if absent).
     /// Returns whether it is the head of the list.
-    pub async fn park(&self, org: &str, conv: &str, message_id: &str) -> Result<bool, redis::RedisError> {
+    pub async fn park(
+        &self,
+        org: &str,
+        conv: &str,
+        message_id: &str,
+    ) -> Result<bool, redis::RedisError> {
         let mut c = self.conn.clone();
         let head: i64 = PARK_SCRIPT
             .key(self.key(org, conv, ":parked"))

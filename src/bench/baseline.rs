@@ -39,14 +39,7 @@ pub struct BaselineResult {
 }
 
 pub async fn run(settings: &Settings, count: usize) -> Result<BaselineResult, String> {
-    let client = amqp::connect(&settings.amqp_url, "escalator-bench-baseline-client")
-        .await
-        .map_err(|e| {
-            format!(
-                "cannot reach RabbitMQ at {}: {e}",
-                settings.amqp_url_redacted()
-            )
-        })?;
+    let client = amqp::connect_explained(settings, "escalator-bench-baseline-client").await?;
     let channel = client
         .create_channel()
         .await
@@ -111,14 +104,7 @@ async fn measure_on(
     client: &Connection,
     count: usize,
 ) -> Result<BaselineResult, String> {
-    let worker_conn = amqp::connect(&settings.amqp_url, "escalator-bench-baseline-worker")
-        .await
-        .map_err(|e| {
-            format!(
-                "cannot reach RabbitMQ at {}: {e}",
-                settings.amqp_url_redacted()
-            )
-        })?;
+    let worker_conn = amqp::connect_explained(settings, "escalator-bench-baseline-worker").await?;
     let stop = CancellationToken::new();
     let failure: Failure = Arc::default();
     let result = async {

@@ -8,8 +8,6 @@ use super::{PUBLISH_IN_FLIGHT, WARMUP, stage_deadline};
 use crate::contract::OutboundPayload;
 use crate::sandbox::{Listener, Sandbox, ZENDESK_ORG, sandbox_config};
 use crate::settings::Settings;
-use chrono::Utc;
-use serde_json::json;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -128,24 +126,9 @@ async fn round(
     Ok((source, sent, last_confirm, received))
 }
 
-/// An `escalation.requested` event like the demo's: ticket mode, the
-/// sandbox Zendesk org, a two-line transcript.
+/// An `escalation.requested` event like the demo's, for the sandbox Zendesk org.
 pub fn escalation(conversation_id: &str) -> serde_json::Value {
-    let now = Utc::now();
-    json!({
-        "org_id": ZENDESK_ORG,
-        "conversation_id": conversation_id,
-        "mode": "ticket",
-        "customer": { "id": "cust-42", "name": "Ada Lovelace", "email": "ada@example.com" },
-        "subject": "Refund for a double charge",
-        "summary": "Customer was charged twice for order 4711 and wants a refund.",
-        "transcript": [
-            { "role": "customer", "text": "I was charged twice!", "sent_at": now },
-            { "role": "ai", "text": "Sorry about that. Let me get a human to help.", "sent_at": now },
-        ],
-        "context": { "plan": "pro", "locale": "en-GB", "page_url": "https://shop.example.com/orders/4711" },
-        "requested_at": now,
-    })
+    crate::sandbox::sample_escalation(ZENDESK_ORG, conversation_id)
 }
 
 /// The sandbox's outbound listener as a [`Source`] of `escalation.created` events.

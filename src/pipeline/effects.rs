@@ -76,7 +76,10 @@ pub async fn escalate(
         updated_at: now,
     };
     let events = vec![created(&rec)];
-    Ok(Effect { record: Some(rec), events })
+    Ok(Effect {
+        record: Some(rec),
+        events,
+    })
 }
 
 /// Create the ticket, looking for one first whenever an earlier try (in an

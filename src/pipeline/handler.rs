@@ -72,12 +72,16 @@ pub async fn handle(
 
     let provider = effects::provider_of(ctx, org, requested_provider(&item.event));
     let result = match &item.event {
-        InboundEvent::EscalationRequested(e) => effects::escalate(ctx, e, begin.record.as_ref()).await,
+        InboundEvent::EscalationRequested(e) => {
+            effects::escalate(ctx, e, begin.record.as_ref()).await
+        }
         InboundEvent::CustomerMessage(msg) => {
             effects::relay_customer_message(ctx, msg, begin.record.as_ref()).await
         }
         // A ticket has no typing indicator and nothing to close: accepted, no effect.
-        InboundEvent::CustomerTyping(_) | InboundEvent::CustomerEnded(_) => Ok(effects::Effect::default()),
+        InboundEvent::CustomerTyping(_) | InboundEvent::CustomerEnded(_) => {
+            Ok(effects::Effect::default())
+        }
         InboundEvent::WebhookZendesk(_) | InboundEvent::WebhookSunshine(_) => Err(
             ProcessError::Rejected("webhooks are not handled by this version".into()),
         ),
@@ -87,8 +91,19 @@ pub async fn handle(
     match result {
         Ok(effect) => {
             let types: Vec<&str> = effect.events.iter().map(|p| p.event_type()).collect();
-            let seqs = ctx.store.commit(org, conv, id, effect.record.as_ref(), &types).await?;
-            outbound::publish(publisher, org, conv, provider, id, effect.events.into_iter().zip(seqs)).await?;
+            let seqs = ctx
+                .store
+                .commit(org, conv, id, effect.record.as_ref(), &types)
+                .await?;
+            outbound::publish(
+                publisher,
+                org,
+                conv,
+                provider,
+                id,
+                effect.events.into_iter().zip(seqs),
+            )
+            .await?;
             ctx.store.finish(org, conv, id, true).await?;
             Ok(Fate::Done)
         }
@@ -134,8 +149,19 @@ pub async fn handle(
                 error_class: class,
                 failed_event: m.routing_key.clone(),
             });
-            let seqs = ctx.store.commit(org, conv, id, None, &[failed.event_type()]).await?;
-            outbound::publish(publisher, org, conv, provider, id, [failed].into_iter().zip(seqs)).await?;
+            let seqs = ctx
+                .store
+                .commit(org, conv, id, None, &[failed.event_type()])
+                .await?;
+            outbound::publish(
+                publisher,
+                org,
+                conv,
+                provider,
+                id,
+                [failed].into_iter().zip(seqs),
+            )
+            .await?;
             // Not marked done: a replay from the dead-letter queue runs again.
             ctx.store.finish(org, conv, id, false).await?;
             Ok(Fate::DeadLettered)

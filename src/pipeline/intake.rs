@@ -153,7 +153,10 @@ pub async fn run(
                     Err(e) => {
                         tracing::warn!(error = %e, "forwarding not confirmed: requeueing the inbound message");
                         settle(confirmed.take(), true).await;
-                        let requeue = BasicNackOptions { requeue: true, ..Default::default() };
+                        let requeue = BasicNackOptions {
+                            requeue: true,
+                            ..Default::default()
+                        };
                         if let Err(e) = acker.nack(requeue).await {
                             tracing::warn!(error = %e, "cannot requeue an inbound message (connection lost?)");
                         }
