@@ -25,6 +25,20 @@ pub async fn connect_explained(
     })
 }
 
+/// Channels of one session, kept open until the connection itself is closed:
+/// a dropped lapin channel closes itself in the background, which races with
+/// the connection's close (and makes lapin log a spurious error).
+#[derive(Clone, Default)]
+pub struct ChannelKeeper(std::sync::Arc<std::sync::Mutex<Vec<Channel>>>);
+
+impl ChannelKeeper {
+    pub fn keep(&self, channel: &Channel) {
+        if let Ok(mut v) = self.0.lock() {
+            v.push(channel.clone());
+        }
+    }
+}
+
 /// A channel in confirm mode: every publish is confirmed by the broker.
 #[derive(Clone)]
 pub struct Publisher {

@@ -100,8 +100,7 @@ async fn run(command: Command) -> Result<(), String> {
                 .map_err(|e| format!("simulator: {e}"))
         }
         Command::Demo { settings } => {
-            // lapin logs a harmless error when a connection closes with channels still closing.
-            let _telemetry = escalator::telemetry::init("warn,lapin::channels=off");
+            let _telemetry = escalator::telemetry::init("warn");
             escalator::demo::run(settings).await
         }
         Command::Topology {
@@ -132,7 +131,7 @@ async fn run(command: Command) -> Result<(), String> {
             Ok(())
         }
         Command::Bench { settings, count } => {
-            let _telemetry = escalator::telemetry::init("error,lapin::channels=off");
+            let _telemetry = escalator::telemetry::init("error");
             escalator::bench::run(settings, count).await
         }
     }

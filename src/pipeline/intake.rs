@@ -4,7 +4,7 @@
 use super::Context;
 use super::dead_letter::{self, Verdict};
 use super::meta::Meta;
-use crate::amqp::{PendingConfirm, Publisher};
+use crate::amqp::{ChannelKeeper, PendingConfirm, Publisher};
 use crate::contract::{InboundEvent, InboundKind};
 use crate::error::InfraError;
 use crate::topology::{INTAKE_QUEUE, WORK_EXCHANGE, shard_key, shard_of};
@@ -118,13 +118,16 @@ impl ClassifyName for serde_json::Error {
 pub async fn run(
     ctx: &Context,
     conn: &Connection,
+    keeper: &ChannelKeeper,
     stop: CancellationToken,
 ) -> Result<(), InfraError> {
     let channel = conn.create_channel().await?;
+    keeper.keep(&channel);
     channel
         .basic_qos(ctx.settings.prefetch, BasicQosOptions::default())
         .await?;
     let publisher = Publisher::open(conn).await?;
+    keeper.keep(publisher.channel());
     let mut consumer = channel
         .basic_consume(
             ShortString::from(INTAKE_QUEUE),

@@ -1,7 +1,7 @@
 //! The worker service: one RabbitMQ session at a time, re-established after
 //! any failure, drained on shutdown.
 use super::{Context, intake, membership, shard};
-use crate::amqp::{self, Publisher};
+use crate::amqp::{self, ChannelKeeper, Publisher};
 use crate::config::Config;
 use crate::error::InfraError;
 use crate::provider::retry::RetryPolicy;
@@ -148,10 +148,14 @@ impl Worker {
         tracing::info!(preferred_shards = ?&order[..preferred], "connected to RabbitMQ, consuming");
 
         let session = stop.child_token();
-        let intake = intake::run(ctx, &conn, session.clone());
+        let keeper = ChannelKeeper::default();
+        keeper.keep(&channel);
+        keeper.keep(publisher.channel());
+        let intake = intake::run(ctx, &conn, &keeper, session.clone());
         let shards = shard::run(
             ctx.clone(),
             &conn,
+            &keeper,
             publisher,
             order,
             preferred,
@@ -163,6 +167,7 @@ impl Worker {
             r = &mut intake => { session.cancel(); let r2 = shards.await; r.and(r2) }
             r = &mut shards => { session.cancel(); let r2 = intake.await; r.and(r2) }
         };
+        // The kept channels are dropped after this, with the connection closed.
         let _ = conn.close(200, ShortString::from("bye")).await;
         result
     }

@@ -6,7 +6,7 @@ use super::Context;
 use super::dead_letter::{self, Verdict};
 use super::handler::{self, WorkItem};
 use super::meta::Meta;
-use crate::amqp::Publisher;
+use crate::amqp::{ChannelKeeper, Publisher};
 use crate::contract::{InboundEvent, InboundKind};
 use crate::error::InfraError;
 use crate::topology::shard_queue;
@@ -33,6 +33,7 @@ struct Lane {
 pub async fn run(
     ctx: Arc<Context>,
     conn: &Connection,
+    keeper: &ChannelKeeper,
     publisher: Publisher,
     shard_order: Vec<u16>,
     preferred: usize,
@@ -53,6 +54,7 @@ pub async fn run(
             }
         }
         let channel = conn.create_channel().await?;
+        keeper.keep(&channel);
         channel
             .basic_qos(ctx.settings.prefetch, BasicQosOptions::default())
             .await?;
@@ -91,9 +93,6 @@ pub async fn run(
                     }
                 }
             }
-            // Keep the channel open until the end of the session so that
-            // in-flight deliveries can still be acknowledged.
-            channel
         });
     }
     drop(tx);
@@ -153,8 +152,8 @@ pub async fn run(
         );
         lane_tasks.abort_all();
     }
-    // The channels close with the connection, after every ack went out.
-    let _channels: Vec<_> = consumers.join_all().await;
+    // The channels close with the connection (see ChannelKeeper).
+    consumers.join_all().await;
     if lost.is_cancelled() && !stop.is_cancelled() {
         return Err(InfraError::ConnectionLost);
     }
