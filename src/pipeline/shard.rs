@@ -10,10 +10,10 @@ use crate::amqp::{ChannelKeeper, Publisher};
 use crate::contract::{InboundEvent, InboundKind};
 use crate::error::InfraError;
 use crate::topology::shard_queue;
-use lapin::Connection;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::{FieldTable, ShortString};
+use lapin::{Acker, Connection};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -194,6 +194,7 @@ async fn process(
     lost: &CancellationToken,
 ) {
     let meta = Meta::read(&d.properties);
+    let acker = d.acker.clone();
     let provider = ctx
         .config
         .org(&meta.org_id)
@@ -209,13 +210,22 @@ async fn process(
         attempt = meta.attempts + 1,
     );
     async move {
-        let kind = InboundKind::from_routing_key(&meta.routing_key);
-        let event = kind.and_then(|k| InboundEvent::parse(k, &d.data).ok());
-        let (Some(event), false) = (event, meta.org_id.is_empty() || meta.conversation_id.is_empty()) else {
-            // Only the intake router writes to the work exchange; anything else is invalid.
+        let parsed = match InboundKind::from_routing_key(&meta.routing_key) {
+            _ if meta.org_id.is_empty() || meta.conversation_id.is_empty() => {
+                // Only the intake router writes to the work exchange.
+                Err("message on a work queue without the escalator's headers".to_string())
+            }
+            None => Err(format!("unknown routing key `{}`", meta.routing_key)),
+            Some(kind) => InboundEvent::parse(kind, &d.data).map_err(|e| {
+                format!("{} matches its schema but cannot be read: {:?} error at line {}, column {}", meta.routing_key, e.classify(), e.line(), e.column())
+            }),
+        };
+        let event = match parsed {
+            Ok(event) => event,
+            Err(reason) => {
             let verdict = Verdict {
                 error_class: "invalid",
-                reason: "message on a work queue without valid escalator headers or body".into(),
+                reason,
                 stage: "worker",
             };
             let rk = if meta.routing_key.is_empty() { d.routing_key.as_str().to_string() } else { meta.routing_key.clone() };
@@ -224,16 +234,17 @@ async fn process(
                 Err(e) => Err(e),
             };
             match published {
-                Ok(()) => settle_ack(&d).await,
-                Err(_) => settle_requeue(&d).await,
+                Ok(()) => settle_ack(&acker).await,
+                Err(_) => settle_requeue(&acker).await,
             }
             return;
+            }
         };
         let item = WorkItem {
             meta,
             event,
-            body: d.data.clone(),
-            props: d.properties.clone(),
+            body: d.data,
+            props: d.properties,
             shard_key: d.routing_key.as_str().to_string(),
         };
         let mut wait = Duration::from_millis(500);
@@ -241,13 +252,13 @@ async fn process(
             match handler::handle(ctx, publisher, &item).await {
                 Ok(fate) => {
                     tracing::info!(fate = ?fate, "message handled");
-                    settle_ack(&d).await;
+                    settle_ack(&acker).await;
                     return;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, wait_ms = wait.as_millis() as u64, "infrastructure error: will retry the message");
                     tokio::select! {
-                        _ = stop.cancelled() => { settle_requeue(&d).await; return; }
+                        _ = stop.cancelled() => { settle_requeue(&acker).await; return; }
                         _ = lost.cancelled() => return,
                         _ = tokio::time::sleep(wait) => {}
                     }
@@ -260,15 +271,14 @@ async fn process(
     .await
 }
 
-async fn settle_ack(d: &Delivery) {
-    if let Err(e) = d.acker.ack(BasicAckOptions::default()).await {
+async fn settle_ack(acker: &Acker) {
+    if let Err(e) = acker.ack(BasicAckOptions::default()).await {
         tracing::warn!(error = %e, "ack failed (connection lost?): the message will be redelivered and deduplicated");
     }
 }
 
-async fn settle_requeue(d: &Delivery) {
-    if let Err(e) = d
-        .acker
+async fn settle_requeue(acker: &Acker) {
+    if let Err(e) = acker
         .nack(BasicNackOptions {
             requeue: true,
             ..Default::default()
