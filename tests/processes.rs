@@ -302,3 +302,118 @@ async fn redis_restart_is_survived_without_loss_or_duplicates() {
     sb.stop().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_joins_later_takes_over_its_share_in_order() {
+    let env = TestEnv::new("rebalance").await;
+    env.declare_topology().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sim = env.sim().await;
+    let client = Client::connect(&env.settings).await.unwrap();
+    let mut widget = client.listen(&format!("{ORG}.#")).await.unwrap();
+    let a = env.spawn_worker(&sim.base_url(), dir.path(), "a");
+    // A works alone, active on every shard.
+    for c in 0..8 {
+        let conv = format!("early-{c}");
+        client
+            .publish("escalation.requested", &conv, &escalation(ORG, &conv))
+            .await
+            .unwrap();
+    }
+    for _ in 0..8 {
+        widget.next(WAIT).await.expect("escalation.created");
+    }
+    // B joins while traffic keeps coming: A hands B's share over mid-stream
+    // (it logs each hand-over), with messages in flight and held back.
+    sim.inject(FaultRule {
+        path_prefix: "/api/v2/".into(),
+        latency_ms: Some(30),
+        ..Default::default()
+    });
+    let b = env.spawn_worker(&sim.base_url(), dir.path(), "b");
+    const CONVS: usize = 16;
+    // Rounds of one event per conversation, paced, until A has handed shards
+    // over, then four more: the traffic spans the hand-over.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut rounds_after = None;
+    let mut i = 0;
+    while rounds_after != Some(0) {
+        for c in 0..CONVS {
+            let conv = format!("late-{c:02}");
+            if i == 0 {
+                client
+                    .publish(
+                        "escalation.requested",
+                        &format!("{conv}-esc"),
+                        &escalation(ORG, &conv),
+                    )
+                    .await
+                    .unwrap();
+            } else {
+                let id = format!("{conv}-m{i}");
+                client
+                    .publish(
+                        "customer.message",
+                        &id,
+                        &customer_message(ORG, &conv, &id, &format!("{conv} message {i}")),
+                    )
+                    .await
+                    .unwrap();
+            }
+        }
+        i += 1;
+        rounds_after = match rounds_after {
+            None if a.log_text().contains("shard handed over") => Some(4),
+            None => None,
+            Some(n) => Some(n - 1),
+        };
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no hand-over within 30 s:\n{}",
+            a.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let events = i;
+    until_sim(&sim, || {
+        let t: Vec<_> = sim
+            .zendesk_tickets()
+            .into_iter()
+            .filter(|t| {
+                t.external_id
+                    .as_deref()
+                    .is_some_and(|e| e.starts_with("late-"))
+            })
+            .collect();
+        t.len() == CONVS && t.iter().all(|t| t.comments.len() >= events)
+    })
+    .await;
+    for t in sim.zendesk_tickets().into_iter().filter(|t| {
+        t.external_id
+            .as_deref()
+            .is_some_and(|e| e.starts_with("late-"))
+    }) {
+        let conv = t.external_id.clone().unwrap();
+        let got: Vec<String> = t.comments[1..]
+            .iter()
+            .map(|c| c.body.clone().unwrap_or_default())
+            .collect();
+        let want: Vec<String> = (1..events).map(|i| format!("{conv} message {i}")).collect();
+        assert_eq!(got, want, "order of {conv}");
+    }
+    assert!(
+        a.log_text().contains("shard handed over"),
+        "A handed shards over:\n{}",
+        a.log_text()
+    );
+    let log_b = b.log.clone();
+    assert!(a.terminate().await.success());
+    assert!(b.terminate().await.success());
+    let handled_b = std::fs::read_to_string(log_b)
+        .unwrap_or_default()
+        .matches("message handled")
+        .count();
+    assert!(handled_b > 0, "the newcomer took work");
+    client.close().await;
+    env.cleanup().await;
+}

@@ -25,6 +25,13 @@ pub async fn heartbeat(store: &Store, instance: &str) -> Result<Vec<String>, red
     c.zrangebyscore(&k, now - LIVE_FOR_MS, "+inf").await
 }
 
+/// The live instances, without announcing this one.
+pub async fn live(store: &Store) -> Result<Vec<String>, redis::RedisError> {
+    let mut c = store.connection();
+    let now = chrono::Utc::now().timestamp_millis();
+    c.zrangebyscore(key(store), now - LIVE_FOR_MS, "+inf").await
+}
+
 pub async fn leave(store: &Store, instance: &str) {
     let mut c = store.connection();
     let _: Result<(), _> = c.zrem(key(store), instance).await;

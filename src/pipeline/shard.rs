@@ -16,7 +16,7 @@ use lapin::types::{FieldTable, ShortString};
 use lapin::{Acker, Connection};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
@@ -24,8 +24,87 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 struct Lane {
-    tx: mpsc::UnboundedSender<Delivery>,
+    tx: mpsc::UnboundedSender<(u16, Delivery)>,
     pending: Arc<AtomicUsize>,
+}
+
+/// This worker's subscription to one shard queue.
+struct Subscription {
+    channel: lapin::Channel,
+    forwarder: tokio::task::JoinHandle<()>,
+    /// Set by the first delivery: only the active consumer of a
+    /// single-active-consumer queue receives any.
+    active: Arc<AtomicBool>,
+    /// Tells this subscription's deliveries from those of an earlier,
+    /// released one of the same shard (those went back to the queue).
+    generation: u64,
+}
+
+static GENERATION: AtomicU64 = AtomicU64::new(0);
+
+/// Subscribe to `shard` on a channel of its own (so that it can be released
+/// alone) and forward its deliveries to the dispatcher.
+async fn subscribe(
+    ctx: &Context,
+    conn: &Connection,
+    keeper: &ChannelKeeper,
+    shard: u16,
+    tx: &mpsc::Sender<(u16, u64, Delivery)>,
+    lost: &CancellationToken,
+) -> Result<Subscription, InfraError> {
+    let generation = GENERATION.fetch_add(1, Ordering::Relaxed);
+    let channel = conn.create_channel().await?;
+    keeper.keep(&channel);
+    channel
+        .basic_qos(ctx.settings.prefetch, BasicQosOptions::default())
+        .await?;
+    let mut consumer = channel
+        .basic_consume(
+            ShortString::from(shard_queue(shard)),
+            ShortString::from(format!("worker-{}-{shard:02}", ctx.instance_id)),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let active = Arc::new(AtomicBool::new(false));
+    let (tx, lost, flag) = (tx.clone(), lost.clone(), active.clone());
+    let forwarder = tokio::spawn(async move {
+        use futures_util::StreamExt;
+        while let Some(next) = consumer.next().await {
+            match next {
+                Ok(d) => {
+                    flag.store(true, Ordering::Release);
+                    if tx.send((shard, generation, d)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(shard, error = %e, "shard consumer failed");
+                    break;
+                }
+            }
+        }
+        // The stream ended without us closing it: the connection is gone.
+        lost.cancel();
+    });
+    Ok(Subscription {
+        channel,
+        forwarder,
+        active,
+        generation,
+    })
+}
+
+impl Subscription {
+    /// Give the shard back to the broker: unacked deliveries return to the
+    /// queue, ahead of the rest, for the next consumer.
+    async fn close(self) {
+        self.forwarder.abort();
+        let _ = self
+            .channel
+            .close(200, ShortString::from("shard released"))
+            .await;
+    }
 }
 
 /// Consume the shards on `conn` until `stop` (graceful) or until the
@@ -40,96 +119,108 @@ pub async fn run(
     stop: CancellationToken,
 ) -> Result<(), InfraError> {
     let lost = CancellationToken::new();
-    let (tx, mut rx) = mpsc::channel::<Delivery>(usize::from(ctx.settings.prefetch).max(1) * 4);
-    let mut consumers = JoinSet::new();
+    let (tx, mut rx) =
+        mpsc::channel::<(u16, u64, Delivery)>(usize::from(ctx.settings.prefetch).max(1) * 4);
+    let shards = ctx.settings.shards;
+    let in_flight: Arc<Vec<AtomicUsize>> =
+        Arc::new((0..shards).map(|_| AtomicUsize::new(0)).collect());
+    let mut subs: HashMap<u16, Subscription> = HashMap::new();
 
     // Subscribe to the preferred shards now and to the others after a pause,
     // so that replicas starting together split the shards between them
     // (the first subscriber of a single-active-consumer queue is the active one).
-    for (i, shard) in shard_order.into_iter().enumerate() {
-        if i == preferred {
-            tokio::select! {
-                _ = stop.cancelled() => break,
-                _ = tokio::time::sleep(ctx.standby_delay) => {}
-            }
-        }
-        let channel = conn.create_channel().await?;
-        keeper.keep(&channel);
-        channel
-            .basic_qos(ctx.settings.prefetch, BasicQosOptions::default())
-            .await?;
-        let mut consumer = channel
-            .basic_consume(
-                ShortString::from(shard_queue(shard)),
-                ShortString::from(format!("worker-{}-{shard:02}", ctx.instance_id)),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        let tx = tx.clone();
-        let lost = lost.clone();
-        let stop = stop.clone();
-        consumers.spawn(async move {
-            use futures_util::StreamExt;
-            loop {
-                let next = tokio::select! {
-                    _ = stop.cancelled() => break,
-                    next = consumer.next() => next,
-                };
-                match next {
-                    Some(Ok(d)) => {
-                        if tx.send(d).await.is_err() {
-                            break;
-                        }
-                    }
-                    Some(Err(e)) => {
-                        tracing::warn!(shard, error = %e, "shard consumer failed");
-                        lost.cancel();
-                        break;
-                    }
-                    None => {
-                        lost.cancel();
-                        break;
-                    }
-                }
-            }
-        });
+    let mut standby: Vec<u16> = shard_order[preferred..].to_vec();
+    for &shard in &shard_order[..preferred] {
+        subs.insert(
+            shard,
+            subscribe(&ctx, conn, keeper, shard, &tx, &lost).await?,
+        );
     }
-    drop(tx);
+    let standby_at = tokio::time::Instant::now() + ctx.standby_delay;
+    // Shards being handed to their preferred worker, with the deliveries
+    // held back (neither processed nor acked) until the hand-over.
+    let mut releasing: HashMap<u16, Vec<Delivery>> = HashMap::new();
+    // Live workers and when each was first seen (a newcomer gets its shards
+    // once it has had time to subscribe).
+    let mut first_seen: HashMap<String, tokio::time::Instant> = HashMap::new();
 
-    let permits = Arc::new(Semaphore::new(ctx.settings.concurrency.max(1)));
+    let shared = Arc::new(LaneShared {
+        ctx: ctx.clone(),
+        publisher,
+        permits: Semaphore::new(ctx.settings.concurrency.max(1)),
+        in_flight: in_flight.clone(),
+        stop: stop.clone(),
+        lost: lost.clone(),
+    });
     let mut lanes: HashMap<(String, String), Lane> = HashMap::new();
     let mut lane_tasks = JoinSet::new();
     let mut sweep = tokio::time::interval(Duration::from_secs(5));
+    let mut rebalance = tokio::time::interval(super::membership::HEARTBEAT);
+    let mut drain_check = tokio::time::interval(Duration::from_millis(50));
     loop {
-        let delivery = tokio::select! {
+        let (shard, generation, delivery) = tokio::select! {
             _ = stop.cancelled() => break,
             _ = lost.cancelled() => break,
+            _ = tokio::time::sleep_until(standby_at), if !standby.is_empty() => {
+                for shard in std::mem::take(&mut standby) {
+                    subs.insert(shard, subscribe(&ctx, conn, keeper, shard, &tx, &lost).await?);
+                }
+                continue;
+            }
             _ = sweep.tick() => {
                 lanes.retain(|_, lane| lane.pending.load(Ordering::Acquire) > 0);
                 continue;
             }
+            _ = rebalance.tick() => {
+                for shard in shards_to_release(&ctx, &subs, &releasing, &mut first_seen).await {
+                    tracing::info!(shard, "handing shard over to its preferred worker");
+                    releasing.insert(shard, Vec::new());
+                }
+                continue;
+            }
+            _ = drain_check.tick(), if !releasing.is_empty() => {
+                let drained: Vec<u16> = releasing
+                    .keys()
+                    .copied()
+                    .filter(|s| in_flight[usize::from(*s)].load(Ordering::Acquire) == 0)
+                    .collect();
+                for shard in drained {
+                    // Nothing of the shard is in progress: closing its channel
+                    // returns the held deliveries to the queue, in order, and
+                    // the broker activates the next (preferred) consumer.
+                    if let Some(sub) = subs.remove(&shard) {
+                        sub.close().await;
+                    }
+                    let held = releasing.remove(&shard).unwrap_or_default();
+                    tracing::info!(shard, returned = held.len(), "shard handed over; staying subscribed as standby");
+                    drop(held);
+                    subs.insert(shard, subscribe(&ctx, conn, keeper, shard, &tx, &lost).await?);
+                }
+                continue;
+            }
             d = rx.recv() => match d { Some(d) => d, None => break },
         };
+        if subs.get(&shard).map(|s| s.generation) != Some(generation) {
+            // From a released subscription: the broker took it back.
+            continue;
+        }
+        if let Some(held) = releasing.get_mut(&shard) {
+            held.push(delivery);
+            continue;
+        }
         let meta = Meta::read(&delivery.properties);
         let key = (meta.org_id.clone(), meta.conversation_id.clone());
         let lane = lanes.entry(key).or_insert_with(|| {
             let (ltx, lrx) = mpsc::unbounded_channel();
             let pending = Arc::new(AtomicUsize::new(0));
-            lane_tasks.spawn(run_lane(
-                ctx.clone(),
-                publisher.clone(),
-                permits.clone(),
-                lrx,
-                pending.clone(),
-                stop.clone(),
-                lost.clone(),
-            ));
+            lane_tasks.spawn(run_lane(shared.clone(), lrx, pending.clone()));
             Lane { tx: ltx, pending }
         });
         lane.pending.fetch_add(1, Ordering::AcqRel);
-        if let Err(mpsc::error::SendError(d)) = lane.tx.send(delivery) {
+        in_flight[usize::from(shard)].fetch_add(1, Ordering::AcqRel);
+        if let Err(mpsc::error::SendError((shard, d))) = lane.tx.send((shard, delivery)) {
             // The lane ended (cannot happen while pending > 0): requeue.
+            in_flight[usize::from(shard)].fetch_sub(1, Ordering::AcqRel);
             let _ = d
                 .acker
                 .nack(BasicNackOptions {
@@ -153,23 +244,80 @@ pub async fn run(
         lane_tasks.abort_all();
     }
     // The channels close with the connection (see ChannelKeeper).
-    consumers.join_all().await;
+    for sub in subs.into_values() {
+        sub.forwarder.abort();
+    }
+    drop(releasing);
     if lost.is_cancelled() && !stop.is_cancelled() {
         return Err(InfraError::ConnectionLost);
     }
     Ok(())
 }
 
-async fn run_lane(
+/// Shards this worker is active on although another live worker is their
+/// preferred owner (and has been live long enough to have subscribed).
+async fn shards_to_release(
+    ctx: &Context,
+    subs: &HashMap<u16, Subscription>,
+    releasing: &HashMap<u16, Vec<Delivery>>,
+    first_seen: &mut HashMap<String, tokio::time::Instant>,
+) -> Vec<u16> {
+    let Ok(live) = super::membership::live(&ctx.store).await else {
+        return Vec::new();
+    };
+    let now = tokio::time::Instant::now();
+    first_seen.retain(|m, _| live.contains(m));
+    for m in &live {
+        first_seen.entry(m.clone()).or_insert(now);
+    }
+    let settled = |m: &str| {
+        first_seen
+            .get(m)
+            .is_some_and(|t| now.duration_since(*t) >= ctx.standby_delay * 2)
+    };
+    if !live.iter().all(|m| settled(m)) {
+        // Membership is changing: wait until it is steady.
+        return Vec::new();
+    }
+    let (order, preferred) =
+        super::membership::shard_order(&ctx.instance_id, &live, ctx.settings.shards);
+    let mine = &order[..preferred];
+    subs.iter()
+        .filter(|(shard, sub)| {
+            !mine.contains(shard)
+                && !releasing.contains_key(shard)
+                && sub.active.load(Ordering::Acquire)
+        })
+        .map(|(shard, _)| *shard)
+        .collect()
+}
+
+/// What every lane of a session shares.
+struct LaneShared {
     ctx: Arc<Context>,
     publisher: Publisher,
-    permits: Arc<Semaphore>,
-    mut rx: mpsc::UnboundedReceiver<Delivery>,
-    pending: Arc<AtomicUsize>,
+    /// Bounds messages in progress across all lanes.
+    permits: Semaphore,
+    /// Per shard: deliveries handed to lanes and not finished yet.
+    in_flight: Arc<Vec<AtomicUsize>>,
     stop: CancellationToken,
     lost: CancellationToken,
+}
+
+async fn run_lane(
+    shared: Arc<LaneShared>,
+    mut rx: mpsc::UnboundedReceiver<(u16, Delivery)>,
+    pending: Arc<AtomicUsize>,
 ) {
-    while let Some(d) = rx.recv().await {
+    let LaneShared {
+        ctx,
+        publisher,
+        permits,
+        in_flight,
+        stop,
+        lost,
+    } = &*shared;
+    while let Some((shard, d)) = rx.recv().await {
         if stop.is_cancelled() || lost.is_cancelled() {
             // Not started: hand it back to the broker, in order.
             let _ = d
@@ -180,8 +328,9 @@ async fn run_lane(
                 })
                 .await;
         } else if let Ok(_permit) = permits.acquire().await {
-            process(&ctx, &publisher, d, &stop, &lost).await;
+            process(ctx, publisher, d, stop, lost).await;
         }
+        in_flight[usize::from(shard)].fetch_sub(1, Ordering::AcqRel);
         pending.fetch_sub(1, Ordering::AcqRel);
     }
 }
