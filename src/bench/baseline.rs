@@ -196,16 +196,8 @@ async fn round(
         }
     })
     .await;
-    let (sent, last_confirm) = match published {
-        Ok(p) => p,
-        Err(e) => {
-            collector.abort();
-            return Err(format!("{what}: {e}"));
-        }
-    };
-    let (source, received) = collector
-        .await
-        .map_err(|e| format!("{what}: the outbound collector task failed: {e}"))??;
+    let ((sent, last_confirm), (source, received)) =
+        measure::join_run(what, published, collector).await?;
     Ok((source, sent, last_confirm, received))
 }
 

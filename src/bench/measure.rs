@@ -201,6 +201,26 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
+/// The end of a measured run: the publishing result and the collector task's.
+/// A failed publish stops the collector.
+pub async fn join_run<S, R>(
+    what: &str,
+    published: Result<S, String>,
+    collector: tokio::task::JoinHandle<Result<R, String>>,
+) -> Result<(S, R), String> {
+    let sent = match published {
+        Ok(p) => p,
+        Err(e) => {
+            collector.abort();
+            return Err(format!("{what}: {e}"));
+        }
+    };
+    let received = collector
+        .await
+        .map_err(|e| format!("{what}: the outbound collector task failed: {e}"))??;
+    Ok((sent, received))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
