@@ -9,7 +9,7 @@
 //! | `P:conv:{T}:events` | hash | `{message_id}/{type}` -> `seq:occurred_at_ms` of each outbound event | state TTL |
 //! | `P:conv:{T}:done:{message_id}` | string | inbound message fully handled (dedupe) | state TTL |
 //! | `P:conv:{T}:attempt:{what}` | string | time an effect was first attempted (crash guard) | state TTL |
-//! | `P:conv:{T}:parked` | list | message ids waiting in the retry queue, oldest first | state TTL |
+//! | `P:conv:{T}:parked` | list | message ids waiting in the retry queue, oldest first | 2 h, refreshed by the head |
 use crate::contract::{ExternalKind, Mode, ProviderKind};
 use crate::error::InfraError;
 use chrono::{DateTime, Utc};
@@ -90,7 +90,9 @@ if head then
     admission = 2
     if not redis.call('LPOS', KEYS[2], ARGV[1]) then
       redis.call('RPUSH', KEYS[2], ARGV[1])
-      redis.call('EXPIRE', KEYS[2], ARGV[2])
+      -- Only the head refreshes the list's lifetime (PARK): if the head is
+      -- lost, its followers are released when the list expires.
+      if redis.call('TTL', KEYS[2]) < 0 then redis.call('EXPIRE', KEYS[2], ARGV[2]) end
     end
   end
 end
@@ -124,6 +126,15 @@ redis.call('EXPIRE', KEYS[1], ARGV[1])
 if #ARGV >= 4 then redis.call('EXPIRE', KEYS[2], ARGV[1]) end
 return out
 "#;
+
+/// Lifetime of a conversation's parked list, refreshed by its head each time
+/// it is parked again. Longer than the longest wait between two broker rounds
+/// (one hour), so it only runs out when the head itself was lost (e.g. the
+/// retry queue was purged): then the messages waiting behind it go ahead.
+pub const PARKED_TTL_SECS: i64 = 2 * MAX_BROKER_BACKOFF_SECS as i64;
+
+/// The longest wait between two broker retry rounds.
+pub const MAX_BROKER_BACKOFF_SECS: u64 = 3600;
 
 // Compiled once: a Script hashes its source (EVALSHA) when it is made.
 static BEGIN_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(BEGIN));
@@ -191,7 +202,7 @@ impl Store {
             .key(self.key(org, conv, ":parked"))
             .key(self.key(org, conv, ""))
             .arg(message_id)
-            .arg(self.ttl_secs)
+            .arg(PARKED_TTL_SECS)
             .invoke_async(&mut c)
             .await?;
         let record = record
@@ -318,7 +329,7 @@ impl Store {
         let head: i64 = PARK_SCRIPT
             .key(self.key(org, conv, ":parked"))
             .arg(message_id)
-            .arg(self.ttl_secs)
+            .arg(PARKED_TTL_SECS)
             .invoke_async(&mut c)
             .await?;
         Ok(head == 1)

@@ -190,7 +190,7 @@ fn broker_backoff(ctx: &Context, n: u32, asked: Option<Duration>) -> Duration {
     let exp = base.saturating_mul(1u32 << n.saturating_sub(1).min(16));
     let jitter = 0.8 + rand::random::<f64>() * 0.4;
     let wait = exp.mul_f64(jitter).max(asked.unwrap_or_default());
-    wait.min(Duration::from_secs(3600))
+    wait.min(Duration::from_secs(crate::store::MAX_BROKER_BACKOFF_SECS))
 }
 
 /// A reason the widget can show the customer's agent-facing UI.
