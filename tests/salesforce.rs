@@ -104,49 +104,51 @@ async fn case_has_every_mapped_field_and_one_created_event() {
         widget.next(Duration::from_millis(300)).await.is_none(),
         "exactly one outbound event"
     );
-    // A later customer message lands on the case once.
-    sb.publish(
-        "customer.message",
-        "sf-m1",
-        &customer_message(ORG, "conv-sf", "sf-m1", "any update?"),
-    )
-    .await
-    .unwrap();
-    sb.publish(
-        "customer.message",
-        "sf-m1",
-        &customer_message(ORG, "conv-sf", "sf-m1", "any update?"),
-    )
-    .await
-    .unwrap();
-    until_sim(&sb.sim, || {
+    // Later customer messages land on the case once each, in order (the
+    // duplicate of the first is handled before the second, so it would show).
+    for (id, text) in [
+        ("sf-m1", "any update?"),
+        ("sf-m1", "any update?"),
+        ("sf-m2", "hello?"),
+        ("sf-m3", "still there?"),
+    ] {
+        sb.publish(
+            "customer.message",
+            id,
+            &customer_message(ORG, "conv-sf", id, text),
+        )
+        .await
+        .unwrap();
+    }
+    let comments = || -> Vec<_> {
         sb.sim
             .salesforce_attachments()
-            .iter()
-            .any(|r| r.sobject == "CaseComment")
+            .into_iter()
+            .filter(|r| r.sobject == "CaseComment")
+            .collect()
+    };
+    until_sim(&sb.sim, || {
+        comments().iter().any(|c| {
+            c.fields["CommentBody"]
+                .as_str()
+                .unwrap_or("")
+                .contains("still there?")
+        })
     })
     .await;
-    sb.publish(
-        "escalation.requested",
-        "sync",
-        &escalation(ORG, "conv-sync"),
-    )
-    .await
-    .unwrap();
-    next_event(&mut widget, "conv-sync").await;
-    let comments: Vec<_> = sb
-        .sim
-        .salesforce_attachments()
-        .into_iter()
-        .filter(|r| r.sobject == "CaseComment")
+    let comments = comments();
+    let bodies: Vec<&str> = comments
+        .iter()
+        .map(|c| c.fields["CommentBody"].as_str().unwrap())
         .collect();
-    assert_eq!(comments.len(), 1);
-    assert_eq!(comments[0].fields["ParentId"], json!(case.id));
+    assert_eq!(bodies.len(), 3, "{bodies:?}");
+    for (body, text) in bodies.iter().zip(["any update?", "hello?", "still there?"]) {
+        assert!(body.contains(text), "{body:?} should carry {text:?}");
+    }
     assert!(
-        comments[0].fields["CommentBody"]
-            .as_str()
-            .unwrap()
-            .contains("any update?")
+        comments
+            .iter()
+            .all(|c| c.fields["ParentId"] == json!(case.id))
     );
     sb.stop().await;
     env.cleanup().await;
