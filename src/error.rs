@@ -32,6 +32,8 @@ pub enum ProviderErrorKind {
     Network,
     /// 429 or a provider-specific rate/limit error.
     RateLimited,
+    /// Our own per-org request budget is used up: wait, not a failure.
+    BudgetExhausted,
     /// 5xx or a provider "try again" error (e.g. Salesforce UNABLE_TO_LOCK_ROW).
     Unavailable,
     /// Credentials rejected (401/403) or token endpoint refused.

@@ -548,3 +548,72 @@ async fn comment_whose_answer_was_lost_is_not_added_twice() {
     sb.stop().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_budget_makes_excess_work_wait_without_starving_other_orgs() {
+    let env = TestEnv::new("budget").await;
+    let sb = env
+        .sandbox_with(env.settings.clone(), |sim| {
+            format!(
+                "{}\n[orgs.limited]\nprovider = \"zendesk\"\n[orgs.limited.zendesk]\nsubdomain = \"limited\"\nemail = \"agent@example.com\"\napi_token = \"sim-zendesk-token\"\nbase_url = \"{sim}\"\n# 120/min: bursts of 12, then one every 0.5 s\nrequests_per_minute = 120\n",
+                escalator::sandbox::sandbox_config(sim)
+            )
+        })
+        .await;
+    let mut limited = sb.listen("limited.#").await.unwrap();
+    let mut other = sb.listen(&format!("{ORG}.#")).await.unwrap();
+    const N: usize = 20;
+    for i in 0..N {
+        let conv = format!("lim-{i:02}");
+        sb.publish("escalation.requested", &conv, &escalation("limited", &conv))
+            .await
+            .unwrap();
+    }
+    sb.publish(
+        "escalation.requested",
+        "free",
+        &escalation(ORG, "conv-free"),
+    )
+    .await
+    .unwrap();
+    let free = next_event(&mut other, "conv-free").await;
+    assert!(matches!(
+        free.payload,
+        OutboundPayload::EscalationCreated(_)
+    ));
+    let free_at = chrono::Utc::now();
+    for _ in 0..N {
+        let e = limited
+            .next(WAIT)
+            .await
+            .expect("every limited escalation is created, none fails");
+        assert!(
+            matches!(e.payload, OutboundPayload::EscalationCreated(_)),
+            "{e:?}"
+        );
+    }
+    let tickets: Vec<_> = sb
+        .sim
+        .zendesk_tickets()
+        .into_iter()
+        .filter(|t| {
+            t.external_id
+                .as_deref()
+                .is_some_and(|e| e.starts_with("lim-"))
+        })
+        .collect();
+    assert_eq!(tickets.len(), N);
+    let first = tickets.iter().map(|t| t.created_at).min().unwrap();
+    let last = tickets.iter().map(|t| t.created_at).max().unwrap();
+    assert!(
+        last - first >= chrono::Duration::milliseconds(3_000),
+        "the budget spread {N} creates over {}",
+        last - first
+    );
+    assert!(
+        free_at < last,
+        "the other org was not held up behind the limited org's backlog"
+    );
+    sb.stop().await;
+    env.cleanup().await;
+}

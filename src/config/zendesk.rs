@@ -25,6 +25,11 @@ pub struct ZendeskConfig {
     /// Whether the transcript comment is public (visible to the requester). Default: private.
     #[serde(default)]
     pub comment_public: bool,
+    /// Requests per minute this org's API calls may use, across all replicas
+    /// (leave head-room below the plan's limit: 200 / 400 / 700 / 2,500).
+    /// Unset: no budget (429 answers are still honoured).
+    #[serde(default)]
+    pub requests_per_minute: Option<u32>,
 }
 
 impl ZendeskConfig {

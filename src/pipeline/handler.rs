@@ -7,7 +7,7 @@ use super::meta::Meta;
 use super::{Context, outbound};
 use crate::amqp::Publisher;
 use crate::contract::{EscalationFailed, InboundEvent, OutboundPayload, ProviderKind};
-use crate::error::{ErrorClass, InfraError, ProcessError};
+use crate::error::{ErrorClass, InfraError, ProcessError, ProviderErrorKind};
 use crate::store::Admission;
 use crate::topology::RETRY_EXCHANGE;
 use chrono::Utc;
@@ -108,6 +108,20 @@ pub async fn handle(
             Ok(Fate::Done)
         }
         Err(ProcessError::Infra(e)) => Err(e),
+        Err(ProcessError::Provider(p)) if p.kind == ProviderErrorKind::BudgetExhausted => {
+            // Not a failure: the org's shared request budget is spent. Wait in
+            // the retry queue (freeing this worker for other orgs).
+            let wait = p.retry_after.unwrap_or_else(|| ctx.settings.retry_delay());
+            let mut next = m.clone();
+            next.not_before = Some(Utc::now() + wait);
+            tracing::info!(
+                wait_ms = wait.as_millis() as u64,
+                "request budget used up: waiting in the retry queue"
+            );
+            ctx.store.park(org, conv, id).await?;
+            park(ctx, publisher, item, next).await?;
+            Ok(Fate::Parked)
+        }
         Err(err) => {
             let class = err.class();
             let reason = err.to_string();
@@ -217,7 +231,14 @@ async fn park(
     item: &WorkItem,
     meta: Meta,
 ) -> Result<(), InfraError> {
-    let delay = ctx.settings.retry_delay().as_millis().max(1);
+    // Back on its shard when due, and at the latest after one retry delay
+    // (the retry queue is FIFO, so a message may wait for the one before it,
+    // but never longer than the retry delay).
+    let due_in = meta
+        .not_before
+        .map(|t| (t - Utc::now()).num_milliseconds().max(1) as u128)
+        .unwrap_or(u128::MAX);
+    let delay = due_in.min(ctx.settings.retry_delay().as_millis()).max(1);
     let props = meta
         .write(item.props.clone())
         .with_expiration(ShortString::from(delay.to_string()));

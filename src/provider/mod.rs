@@ -1,5 +1,6 @@
 //! Provider clients behind one trait, so the pipeline does not care whether a
 //! ticket is a Zendesk ticket or a Salesforce Case.
+pub mod budget;
 pub mod http;
 pub mod retry;
 pub mod salesforce;
@@ -79,7 +80,18 @@ impl Providers {
             if let Some(z) = org.zendesk() {
                 tickets.insert(
                     (org.org_id.clone(), ProviderKind::Zendesk),
-                    Arc::new(zendesk::ZendeskClient::new(client.clone(), z.clone())),
+                    Arc::new(
+                        zendesk::ZendeskClient::new(client.clone(), z.clone()).with_budget(
+                            z.requests_per_minute.map(|rpm| {
+                                budget::RateBudget::per_minute(
+                                    "zendesk",
+                                    store.connection(),
+                                    format!("{}:budget:zendesk:{}", store.prefix(), org.org_id),
+                                    rpm,
+                                )
+                            }),
+                        ),
+                    ),
                 );
             }
             if let Some(s) = org.salesforce() {

@@ -2,7 +2,7 @@
 //! (backon), honouring Retry-After when it is short enough to wait for here.
 //! Longer waits and exhausted attempts go back to the pipeline, which retries
 //! through the broker's retry queue instead of holding a worker slot.
-use crate::error::ProviderError;
+use crate::error::{ProviderError, ProviderErrorKind};
 use backon::{ExponentialBuilder, Retryable};
 use std::future::Future;
 use std::time::Duration;
@@ -49,7 +49,11 @@ impl RetryPolicy {
             op()
         })
         .retry(backoff)
-        .when(|e: &ProviderError| e.is_transient() && e.retry_after.is_none_or(|d| d <= max_wait))
+        .when(|e: &ProviderError| {
+            e.is_transient()
+                && e.kind != ProviderErrorKind::BudgetExhausted
+                && e.retry_after.is_none_or(|d| d <= max_wait)
+        })
         .adjust(|e: &ProviderError, next: Option<Duration>| {
             // Keep backon's count of attempts; wait at least what the provider asked.
             next.map(|d| {
@@ -75,7 +79,6 @@ impl RetryPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::ProviderErrorKind;
 
     fn policy() -> RetryPolicy {
         RetryPolicy {

@@ -1,4 +1,5 @@
 //! Zendesk Support tickets (API-token auth).
+use super::budget::RateBudget;
 use super::http::{classify_status, clip, retry_after, transport_error};
 use super::transcript;
 use super::{TicketProvider, TicketRequest};
@@ -23,6 +24,7 @@ pub struct ZendeskClient {
     config: ZendeskConfig,
     base: String,
     auth: String,
+    budget: Option<RateBudget>,
 }
 
 #[derive(Deserialize)]
@@ -74,7 +76,14 @@ impl ZendeskClient {
             config,
             base,
             auth,
+            budget: None,
         }
+    }
+
+    /// Spend every request from this org's shared request budget.
+    pub fn with_budget(mut self, budget: Option<RateBudget>) -> Self {
+        self.budget = budget;
+        self
     }
 
     /// The idempotency key of a conversation's ticket: one ticket per conversation.
@@ -137,6 +146,9 @@ impl ZendeskClient {
         rb: reqwest::RequestBuilder,
         op: &str,
     ) -> Result<reqwest::Response, ProviderError> {
+        if let Some(budget) = &self.budget {
+            budget.take().await?;
+        }
         let resp = rb
             .header(reqwest::header::AUTHORIZATION, &self.auth)
             .header(reqwest::header::ACCEPT, "application/json")
