@@ -24,6 +24,7 @@ pub struct TestEnv {
     pub vhost: String,
     pub settings: Settings,
     http: reqwest::Client,
+    cleaned: bool,
 }
 
 fn mgmt_vhost_path(vhost: &str) -> String {
@@ -83,6 +84,7 @@ impl TestEnv {
             vhost,
             settings,
             http,
+            cleaned: false,
         }
     }
 
@@ -204,26 +206,50 @@ impl TestEnv {
     }
 
     /// Delete the vhost and every Redis key of the test.
-    pub async fn cleanup(self) {
-        if let Ok(store) = Store::connect(
-            &self.settings.redis_url,
-            &self.settings.key_prefix,
-            Duration::from_secs(60),
-        )
-        .await
-        {
-            let _ = store.delete_all().await;
-        }
-        let _ = self
-            .http
-            .delete(format!(
-                "{MGMT}/api/vhosts/{}",
-                mgmt_vhost_path(&self.vhost)
-            ))
-            .basic_auth("guest", Some("guest"))
-            .send()
-            .await;
+    pub async fn cleanup(mut self) {
+        self.cleaned = true;
+        remove_test_state(&self.http, &self.vhost, &self.settings).await;
     }
+}
+
+/// A test that panicked before `cleanup` still leaves nothing behind.
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        if self.cleaned {
+            return;
+        }
+        let (vhost, settings) = (self.vhost.clone(), self.settings.clone());
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                let http = reqwest::Client::builder().no_proxy().build().unwrap();
+                remove_test_state(&http, &vhost, &settings).await;
+            });
+        })
+        .join();
+    }
+}
+
+async fn remove_test_state(http: &reqwest::Client, vhost: &str, settings: &Settings) {
+    if let Ok(store) = Store::connect(
+        &settings.redis_url,
+        &settings.key_prefix,
+        Duration::from_secs(60),
+    )
+    .await
+    {
+        let _ = store.delete_all().await;
+    }
+    let _ = http
+        .delete(format!("{MGMT}/api/vhosts/{}", mgmt_vhost_path(vhost)))
+        .basic_auth("guest", Some("guest"))
+        .send()
+        .await;
 }
 
 fn url_encode(s: &str) -> String {
