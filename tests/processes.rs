@@ -62,6 +62,7 @@ async fn two_worker_processes_keep_each_conversations_order() {
     let sim = env.sim().await;
     let a = env.spawn_worker(&sim.base_url(), dir.path(), "a");
     let b = env.spawn_worker(&sim.base_url(), dir.path(), "b");
+    until_shards_split(&a, &b).await;
     let client = Client::connect(&env.settings).await.unwrap();
     const CONVS: usize = 20;
     const EVENTS: usize = 10;

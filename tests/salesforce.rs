@@ -163,6 +163,7 @@ async fn fifty_escalations_one_token_shared_by_two_worker_processes() {
     let config = sf_config(&sim.base_url(), None);
     let a = env.spawn_worker_with(&config, dir.path(), "a");
     let b = env.spawn_worker_with(&config, dir.path(), "b");
+    until_shards_split(&a, &b).await;
     let client = Client::connect(&env.settings).await.unwrap();
     let mut widget = client.listen(&format!("{ORG}.#")).await.unwrap();
     for i in 0..50 {

@@ -472,6 +472,37 @@ impl TestEnv {
     }
 }
 
+/// Wait until two freshly started workers share the shards: both consuming,
+/// and neither active on the other's share (if one started alone, wait for
+/// its hand-over).
+pub async fn until_shards_split(a: &WorkerProcess, b: &WorkerProcess) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    // Some(true): started with a share of the (4) shards; Some(false): with all of them.
+    let started_with_share = |log: &str| {
+        log.lines()
+            .find(|l| l.contains("connected to RabbitMQ, consuming"))
+            .map(|l| !l.contains("preferred_shards=[0, 1, 2, 3]"))
+    };
+    loop {
+        let (la, lb) = (a.log_text(), b.log_text());
+        match (started_with_share(&la), started_with_share(&lb)) {
+            (Some(true), Some(true)) => return,
+            (Some(sa), Some(sb))
+                if (sa || la.contains("shard handed over"))
+                    && (sb || lb.contains("shard handed over")) =>
+            {
+                return;
+            }
+            _ => {}
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "workers did not split the shards:\n{la}\n{lb}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 impl WorkerProcess {
     pub fn pid(&self) -> i32 {
         self.child.id().unwrap() as i32
