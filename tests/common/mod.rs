@@ -485,15 +485,11 @@ pub async fn until_shards_split(a: &WorkerProcess, b: &WorkerProcess) {
     };
     loop {
         let (la, lb) = (a.log_text(), b.log_text());
-        match (started_with_share(&la), started_with_share(&lb)) {
-            (Some(true), Some(true)) => return,
-            (Some(sa), Some(sb))
-                if (sa || la.contains("shard handed over"))
-                    && (sb || lb.contains("shard handed over")) =>
-            {
-                return;
-            }
-            _ => {}
+        let (sa, sb) = (started_with_share(&la), started_with_share(&lb));
+        let both_shared = sa == Some(true) && sb == Some(true);
+        let handed_over = la.contains("shard handed over") || lb.contains("shard handed over");
+        if sa.is_some() && sb.is_some() && (both_shared || handed_over) {
+            return;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
