@@ -70,7 +70,12 @@ pub async fn handle(
         }
     }
 
-    let provider = effects::provider_of(ctx, org, requested_provider(&item.event));
+    // The provider the conversation went to, else the one this event asks for.
+    let provider = begin
+        .record
+        .as_ref()
+        .map(|r| r.provider)
+        .or_else(|| effects::provider_of(ctx, org, requested_provider(&item.event)));
     let result = match &item.event {
         InboundEvent::EscalationRequested(e) => {
             effects::escalate(ctx, e, begin.record.as_ref()).await
