@@ -4,7 +4,9 @@
 //!    declare the topology, consume; reconnect on failure; drain on SIGTERM).
 //! 2. [`intake`] routes each inbound message, in publish order, to the work
 //!    shard of its conversation, or dead-letters it when it is unusable.
-//! 3. [`shard`] consumes the shards, one lane per conversation.
+//! 3. [`shard`] consumes the shards, one lane per conversation;
+//!    [`subscription`] holds the shard subscriptions and hands shards over
+//!    to their preferred worker.
 //! 4. [`handler`] decides each message's fate; [`effects`] makes the provider
 //!    calls exactly once; [`outbound`] tells the widget; [`dead_letter`] keeps
 //!    what failed, with why.
@@ -17,6 +19,7 @@ pub mod meta;
 pub mod outbound;
 pub mod service;
 pub mod shard;
+pub mod subscription;
 
 use crate::config::Config;
 use crate::provider::Providers;

@@ -6,17 +6,16 @@ use super::Context;
 use super::dead_letter::{self, Verdict};
 use super::handler::{self, WorkItem};
 use super::meta::Meta;
+use super::subscription::{Subscription, shards_to_release, subscribe};
 use crate::amqp::{ChannelKeeper, Publisher};
 use crate::contract::{InboundEvent, InboundKind};
 use crate::error::InfraError;
-use crate::topology::shard_queue;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
-use lapin::types::{FieldTable, ShortString};
+use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::{Acker, Connection};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
@@ -26,85 +25,6 @@ use tracing::Instrument;
 struct Lane {
     tx: mpsc::UnboundedSender<(u16, Delivery)>,
     pending: Arc<AtomicUsize>,
-}
-
-/// This worker's subscription to one shard queue.
-struct Subscription {
-    channel: lapin::Channel,
-    forwarder: tokio::task::JoinHandle<()>,
-    /// Set by the first delivery: only the active consumer of a
-    /// single-active-consumer queue receives any.
-    active: Arc<AtomicBool>,
-    /// Tells this subscription's deliveries from those of an earlier,
-    /// released one of the same shard (those went back to the queue).
-    generation: u64,
-}
-
-static GENERATION: AtomicU64 = AtomicU64::new(0);
-
-/// Subscribe to `shard` on a channel of its own (so that it can be released
-/// alone) and forward its deliveries to the dispatcher.
-async fn subscribe(
-    ctx: &Context,
-    conn: &Connection,
-    keeper: &ChannelKeeper,
-    shard: u16,
-    tx: &mpsc::Sender<(u16, u64, Delivery)>,
-    lost: &CancellationToken,
-) -> Result<Subscription, InfraError> {
-    let generation = GENERATION.fetch_add(1, Ordering::Relaxed);
-    let channel = conn.create_channel().await?;
-    keeper.keep(&channel);
-    channel
-        .basic_qos(ctx.settings.prefetch, BasicQosOptions::default())
-        .await?;
-    let mut consumer = channel
-        .basic_consume(
-            ShortString::from(shard_queue(shard)),
-            ShortString::from(format!("worker-{}-{shard:02}", ctx.instance_id)),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    let active = Arc::new(AtomicBool::new(false));
-    let (tx, lost, flag) = (tx.clone(), lost.clone(), active.clone());
-    let forwarder = tokio::spawn(async move {
-        use futures_util::StreamExt;
-        while let Some(next) = consumer.next().await {
-            match next {
-                Ok(d) => {
-                    flag.store(true, Ordering::Release);
-                    if tx.send((shard, generation, d)).await.is_err() {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(shard, error = %e, "shard consumer failed");
-                    break;
-                }
-            }
-        }
-        // The stream ended without us closing it: the connection is gone.
-        lost.cancel();
-    });
-    Ok(Subscription {
-        channel,
-        forwarder,
-        active,
-        generation,
-    })
-}
-
-impl Subscription {
-    /// Give the shard back to the broker: unacked deliveries return to the
-    /// queue, ahead of the rest, for the next consumer.
-    async fn close(self) {
-        self.forwarder.abort();
-        let _ = self
-            .channel
-            .close(200, ShortString::from("shard released"))
-            .await;
-    }
 }
 
 /// Consume the shards on `conn` until `stop` (graceful) or until the
@@ -252,44 +172,6 @@ pub async fn run(
         return Err(InfraError::ConnectionLost);
     }
     Ok(())
-}
-
-/// Shards this worker is active on although another live worker is their
-/// preferred owner (and has been live long enough to have subscribed).
-async fn shards_to_release(
-    ctx: &Context,
-    subs: &HashMap<u16, Subscription>,
-    releasing: &HashMap<u16, Vec<Delivery>>,
-    first_seen: &mut HashMap<String, tokio::time::Instant>,
-) -> Vec<u16> {
-    let Ok(live) = super::membership::live(&ctx.store).await else {
-        return Vec::new();
-    };
-    let now = tokio::time::Instant::now();
-    first_seen.retain(|m, _| live.contains(m));
-    for m in &live {
-        first_seen.entry(m.clone()).or_insert(now);
-    }
-    let settled = |m: &str| {
-        first_seen
-            .get(m)
-            .is_some_and(|t| now.duration_since(*t) >= ctx.standby_delay * 2)
-    };
-    if !live.iter().all(|m| settled(m)) {
-        // Membership is changing: wait until it is steady.
-        return Vec::new();
-    }
-    let (order, preferred) =
-        super::membership::shard_order(&ctx.instance_id, &live, ctx.settings.shards);
-    let mine = &order[..preferred];
-    subs.iter()
-        .filter(|(shard, sub)| {
-            !mine.contains(shard)
-                && !releasing.contains_key(shard)
-                && sub.active.load(Ordering::Acquire)
-        })
-        .map(|(shard, _)| *shard)
-        .collect()
 }
 
 /// What every lane of a session shares.
