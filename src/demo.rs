@@ -1,5 +1,5 @@
 //! `escalator demo`: the whole flow on the simulator, printed for a person.
-use crate::contract::{OutboundEvent, OutboundPayload};
+use crate::contract::{ExternalKind, OutboundEvent, OutboundPayload};
 use crate::sandbox::{SALESFORCE_ORG, Sandbox, ZENDESK_ORG, sample_escalation, sandbox_config};
 use crate::settings::Settings;
 use chrono::Utc;
@@ -124,16 +124,22 @@ fn print_event(e: &OutboundEvent) {
                 .as_deref()
                 .map(|n| format!(" (number {n})"))
                 .unwrap_or_default();
+            let kind = match c.external_kind {
+                ExternalKind::ZendeskTicket => "Zendesk ticket",
+                ExternalKind::SalesforceCase => "Salesforce Case",
+                ExternalKind::SunshineConversation => "Sunshine conversation",
+                ExternalKind::SalesforceMessaging => "Salesforce messaging session",
+            };
             format!(
-                "{:?} {}{number} created\n      agents open it at {}",
-                c.external_kind, c.external_id, c.url
+                "{kind} {}{number} created\n      agents open it at {}",
+                c.external_id, c.url
             )
         }
         OutboundPayload::EscalationFailed(f) => format!("failed: {}", f.reason),
         other => format!("{other:?}"),
     };
     println!(
-        "   widget hears: {} #{} from {}: {what}",
+        "   widget hears: {} (seq {}) from {}: {what}",
         e.payload.event_type(),
         e.seq,
         e.provider
