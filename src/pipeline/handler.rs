@@ -56,16 +56,14 @@ pub async fn handle(
     match begin.admission {
         Admission::Proceed | Admission::Head if m.not_before.is_some_and(|t| t > Utc::now()) => {
             // Back from the retry queue before its backoff is over: another round.
-            ctx.store.park(org, conv, id).await?;
-            park(ctx, publisher, item, m.clone()).await?;
-            return Ok(Fate::Parked);
+            return park_as_head(ctx, publisher, item, m.clone()).await;
         }
         Admission::Proceed | Admission::Head => {}
         Admission::Wait => {
             tracing::info!(
                 "an earlier message of this conversation waits for a retry: queuing behind it"
             );
-            park(ctx, publisher, item, m.clone()).await?;
+            retry_later(ctx, publisher, item, m.clone()).await?;
             return Ok(Fate::Parked);
         }
     }
@@ -95,21 +93,7 @@ pub async fn handle(
 
     match result {
         Ok(effect) => {
-            let types: Vec<&str> = effect.events.iter().map(|p| p.event_type()).collect();
-            let seqs = ctx
-                .store
-                .commit(org, conv, id, effect.record.as_ref(), &types)
-                .await?;
-            outbound::publish(
-                publisher,
-                org,
-                conv,
-                provider,
-                id,
-                effect.events.into_iter().zip(seqs),
-            )
-            .await?;
-            ctx.store.finish(org, conv, id, true).await?;
+            conclude(ctx, publisher, m, provider, effect, true).await?;
             Ok(Fate::Done)
         }
         Err(ProcessError::Infra(e)) => Err(e),
@@ -123,9 +107,7 @@ pub async fn handle(
                 wait_ms = wait.as_millis() as u64,
                 "request budget used up: waiting in the retry queue"
             );
-            ctx.store.park(org, conv, id).await?;
-            park(ctx, publisher, item, next).await?;
-            Ok(Fate::Parked)
+            park_as_head(ctx, publisher, item, next).await
         }
         Err(err) => {
             let class = err.class();
@@ -136,15 +118,10 @@ pub async fn handle(
                 let wait = broker_backoff(ctx, next.attempts, retry_after(&err));
                 next.not_before = Some(Utc::now() + wait);
                 tracing::warn!(attempts = next.attempts, wait_ms = wait.as_millis() as u64, error = %reason, "transient failure: retrying later via the retry queue");
-                ctx.store.park(org, conv, id).await?;
-                park(ctx, publisher, item, next).await?;
-                return Ok(Fate::Parked);
+                return park_as_head(ctx, publisher, item, next).await;
             }
             let verdict = Verdict {
-                error_class: match class {
-                    ErrorClass::Permanent => "permanent",
-                    ErrorClass::Transient => "transient",
-                },
+                error_class: class.as_str(),
                 reason: if class == ErrorClass::Transient {
                     format!("gave up after {} attempts: {reason}", m.attempts + 1)
                 } else {
@@ -168,21 +145,12 @@ pub async fn handle(
                 error_class: class,
                 failed_event: m.routing_key.clone(),
             });
-            let seqs = ctx
-                .store
-                .commit(org, conv, id, None, &[failed.event_type()])
-                .await?;
-            outbound::publish(
-                publisher,
-                org,
-                conv,
-                provider,
-                id,
-                [failed].into_iter().zip(seqs),
-            )
-            .await?;
+            let effect = effects::Effect {
+                record: None,
+                events: vec![failed],
+            };
             // Not marked done: a replay from the dead-letter queue runs again.
-            ctx.store.finish(org, conv, id, false).await?;
+            conclude(ctx, publisher, m, provider, effect, false).await?;
             Ok(Fate::DeadLettered)
         }
     }
@@ -228,9 +196,58 @@ fn widget_reason(err: &ProcessError) -> String {
     }
 }
 
+/// The end of a message, in the order that makes retries safe: save the
+/// record and fix the events' seqs, publish the events (confirmed), then mark
+/// the message done (or not, for a dead letter) and take it off the parked list.
+async fn conclude(
+    ctx: &Context,
+    publisher: &Publisher,
+    m: &Meta,
+    provider: ProviderKind,
+    effect: effects::Effect,
+    done: bool,
+) -> Result<(), InfraError> {
+    let (org, conv, id) = (
+        m.org_id.as_str(),
+        m.conversation_id.as_str(),
+        m.dedupe_id.as_str(),
+    );
+    let types: Vec<&str> = effect.events.iter().map(|p| p.event_type()).collect();
+    let seqs = ctx
+        .store
+        .commit(org, conv, id, effect.record.as_ref(), &types)
+        .await?;
+    outbound::publish(
+        publisher,
+        org,
+        conv,
+        provider,
+        id,
+        effect.events.into_iter().zip(seqs),
+    )
+    .await?;
+    ctx.store.finish(org, conv, id, done).await?;
+    Ok(())
+}
+
+/// Park the item at the head of its conversation's parked list (later
+/// messages of the conversation wait behind it) and send it to the retry queue.
+async fn park_as_head(
+    ctx: &Context,
+    publisher: &Publisher,
+    item: &WorkItem,
+    meta: Meta,
+) -> Result<Fate, InfraError> {
+    ctx.store
+        .park(&meta.org_id, &meta.conversation_id, &meta.dedupe_id)
+        .await?;
+    retry_later(ctx, publisher, item, meta).await?;
+    Ok(Fate::Parked)
+}
+
 /// Send the item to the retry queue (it comes back to its shard after the
 /// retry delay) and return when the broker confirmed.
-async fn park(
+async fn retry_later(
     ctx: &Context,
     publisher: &Publisher,
     item: &WorkItem,
