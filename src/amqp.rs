@@ -118,6 +118,18 @@ impl PendingConfirm {
     }
 }
 
+/// Hand a delivery back to its queue (a failed requeue needs no handling:
+/// the broker redelivers unacked messages when the channel closes).
+pub async fn requeue(acker: &lapin::Acker) {
+    let options = lapin::options::BasicNackOptions {
+        requeue: true,
+        ..Default::default()
+    };
+    if let Err(e) = acker.nack(options).await {
+        tracing::warn!(error = %e, "requeue failed (connection lost?): the broker will redeliver");
+    }
+}
+
 /// Properties of a persistent JSON message.
 pub fn json_properties() -> BasicProperties {
     BasicProperties::default()

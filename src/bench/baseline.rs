@@ -6,18 +6,17 @@
 use super::cpu::{self, CpuUse};
 use super::measure::{self, Arrival, Measurement, Source};
 use super::pipeline::escalation;
-use super::{PUBLISH_IN_FLIGHT, WARMUP, stage_deadline};
+use super::{PUBLISH_IN_FLIGHT, WARMUP};
 use crate::amqp::{self, Publisher, json_properties};
 use crate::settings::Settings;
 use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, QueueDeclareOptions,
-    QueueDeleteOptions, QueuePurgeOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions, QueueDeleteOptions,
+    QueuePurgeOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, Connection, Consumer};
-use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -176,13 +175,7 @@ async fn round(
     what: &str,
 ) -> Result<Round, String> {
     let bodies: Vec<serde_json::Value> = ids.iter().map(|id| escalation(id)).collect();
-    let expected: HashSet<String> = ids.iter().cloned().collect();
-    let deadline = Instant::now() + stage_deadline(ids.len());
-    let what_owned = what.to_string();
-    let collector =
-        tokio::spawn(
-            async move { measure::collect(source, expected, deadline, &what_owned).await },
-        );
+    let collector = measure::spawn_collector(source, ids, what);
     let published = measure::publish_all(ids.len(), PUBLISH_IN_FLIGHT, |i| {
         let (id, body) = (&ids[i], &bodies[i]);
         async move {
@@ -300,13 +293,7 @@ async fn forward(d: Delivery, publisher: Publisher, permits: Arc<Semaphore>, fai
                 &failure,
                 format!("the baseline worker's publish to {OUT_QUEUE} failed: {e}"),
             );
-            let _ = d
-                .acker
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..Default::default()
-                })
-                .await;
+            amqp::requeue(&d.acker).await;
         }
     }
 }

@@ -80,12 +80,28 @@ pub trait Source: Send + 'static {
 /// Receive until every id of `expected` has arrived once (time-stamped at
 /// arrival), or fail when nothing new came for [`STALL_TIMEOUT`] or the
 /// `deadline` passed. Returns the source for further use.
+/// What a collector hands back: its source, and when each id arrived.
+pub type Collected<S> = Result<(S, HashMap<String, Stamp>), String>;
+
+/// Collect the outbound messages of `ids` in a task of its own, with the
+/// stage's deadline.
+pub fn spawn_collector<S: Source + Send + 'static>(
+    source: S,
+    ids: &[String],
+    what: &str,
+) -> tokio::task::JoinHandle<Collected<S>> {
+    let expected: HashSet<String> = ids.iter().cloned().collect();
+    let deadline = Instant::now() + super::stage_deadline(ids.len());
+    let what = what.to_string();
+    tokio::spawn(async move { collect(source, expected, deadline, &what).await })
+}
+
 pub async fn collect<S: Source>(
     mut source: S,
     expected: HashSet<String>,
     deadline: Instant,
     what: &str,
-) -> Result<(S, HashMap<String, Stamp>), String> {
+) -> Collected<S> {
     let mut received: HashMap<String, Stamp> = HashMap::with_capacity(expected.len());
     let mut progress = Instant::now();
     while received.len() < expected.len() {

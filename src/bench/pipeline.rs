@@ -4,11 +4,11 @@
 use super::cpu::{self, CpuUse};
 use super::measure::{self, Arrival, Measurement, Source, Stamp};
 use super::profile::{self, Profile, Sampler};
-use super::{PUBLISH_IN_FLIGHT, WARMUP, stage_deadline};
+use super::{PUBLISH_IN_FLIGHT, WARMUP};
 use crate::contract::OutboundPayload;
 use crate::sandbox::{Listener, Sandbox, ZENDESK_ORG, sandbox_config};
 use crate::settings::Settings;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -102,13 +102,7 @@ async fn round(
 ) -> Result<Round, String> {
     let bodies: Vec<serde_json::Value> = ids.iter().map(|id| escalation(id)).collect();
     let message_ids: Vec<String> = ids.iter().map(|id| format!("{id}-escalation")).collect();
-    let expected: HashSet<String> = ids.iter().cloned().collect();
-    let deadline = Instant::now() + stage_deadline(ids.len());
-    let what_owned = what.to_string();
-    let collector =
-        tokio::spawn(
-            async move { measure::collect(source, expected, deadline, &what_owned).await },
-        );
+    let collector = measure::spawn_collector(source, ids, what);
     let published = measure::publish_all(ids.len(), PUBLISH_IN_FLIGHT, |i| {
         sandbox.publish(ROUTING_KEY, &message_ids[i], &bodies[i])
     })

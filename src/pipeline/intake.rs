@@ -4,13 +4,13 @@
 use super::Context;
 use super::dead_letter::{self, Verdict};
 use super::meta::Meta;
-use crate::amqp::{ChannelKeeper, PendingConfirm, Publisher};
+use crate::amqp::{self, ChannelKeeper, PendingConfirm, Publisher};
 use crate::contract::InboundKind;
 use crate::error::InfraError;
 use crate::topology::{INTAKE_QUEUE, WORK_EXCHANGE, shard_key, shard_of};
 use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{Acker, Connection};
 use sha2::{Digest, Sha256};
@@ -152,13 +152,7 @@ pub async fn run(
                     Err(e) => {
                         tracing::warn!(error = %e, "forwarding not confirmed: requeueing the inbound message");
                         settle(confirmed.take(), true).await;
-                        let requeue = BasicNackOptions {
-                            requeue: true,
-                            ..Default::default()
-                        };
-                        if let Err(e) = acker.nack(requeue).await {
-                            tracing::warn!(error = %e, "cannot requeue an inbound message (connection lost?)");
-                        }
+                        amqp::requeue(&acker).await;
                     }
                 }
             }

@@ -7,11 +7,11 @@ use super::dead_letter::{self, Verdict};
 use super::handler::{self, WorkItem};
 use super::meta::Meta;
 use super::subscription::{Subscription, shards_to_release, subscribe};
-use crate::amqp::{ChannelKeeper, Publisher};
+use crate::amqp::{self, ChannelKeeper, Publisher};
 use crate::contract::{InboundEvent, InboundKind};
 use crate::error::InfraError;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::options::BasicAckOptions;
 use lapin::{Acker, Connection};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -141,13 +141,7 @@ pub async fn run(
         if let Err(mpsc::error::SendError((shard, d))) = lane.tx.send((shard, delivery)) {
             // The lane ended (cannot happen while pending > 0): requeue.
             in_flight[usize::from(shard)].fetch_sub(1, Ordering::AcqRel);
-            let _ = d
-                .acker
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..Default::default()
-                })
-                .await;
+            amqp::requeue(&d.acker).await;
         }
     }
     // Stop taking messages; let in-flight ones finish within the grace period.
@@ -202,13 +196,7 @@ async fn run_lane(
     while let Some((shard, d)) = rx.recv().await {
         if stop.is_cancelled() || lost.is_cancelled() {
             // Not started: hand it back to the broker, in order.
-            let _ = d
-                .acker
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..Default::default()
-                })
-                .await;
+            amqp::requeue(&d.acker).await;
         } else if let Ok(_permit) = permits.acquire().await {
             process(ctx, publisher, d, stop, lost).await;
         }
@@ -266,7 +254,7 @@ async fn process(
             };
             match published {
                 Ok(()) => settle_ack(&acker).await,
-                Err(_) => settle_requeue(&acker).await,
+                Err(_) => amqp::requeue(&acker).await,
             }
             return;
             }
@@ -289,7 +277,7 @@ async fn process(
                 Err(e) => {
                     tracing::warn!(error = %e, wait_ms = wait.as_millis() as u64, "infrastructure error: will retry the message");
                     tokio::select! {
-                        _ = stop.cancelled() => { settle_requeue(&acker).await; return; }
+                        _ = stop.cancelled() => { amqp::requeue(&acker).await; return; }
                         _ = lost.cancelled() => return,
                         _ = tokio::time::sleep(wait) => {}
                     }
@@ -305,17 +293,5 @@ async fn process(
 async fn settle_ack(acker: &Acker) {
     if let Err(e) = acker.ack(BasicAckOptions::default()).await {
         tracing::warn!(error = %e, "ack failed (connection lost?): the message will be redelivered and deduplicated");
-    }
-}
-
-async fn settle_requeue(acker: &Acker) {
-    if let Err(e) = acker
-        .nack(BasicNackOptions {
-            requeue: true,
-            ..Default::default()
-        })
-        .await
-    {
-        tracing::warn!(error = %e, "requeue failed (connection lost?): the broker will redeliver");
     }
 }
