@@ -617,3 +617,49 @@ async fn a_request_budget_makes_excess_work_wait_without_starving_other_orgs() {
     sb.stop().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_dead_letter_is_processed_again() {
+    let env = TestEnv::new("replay").await;
+    let sb = env.sandbox().await;
+    let mut dlq = env.dead_letters().await;
+    let mut widget = sb.listen(&format!("{ORG}.#")).await.unwrap();
+    // Zendesk refuses once (say, a field the admin has since fixed).
+    sb.sim.inject(FaultRule {
+        method: Some("POST".into()),
+        path_prefix: "/api/v2/tickets".into(),
+        times: Some(1),
+        status: Some(422),
+        ..Default::default()
+    });
+    sb.publish(
+        "escalation.requested",
+        "m-replay",
+        &escalation(ORG, "conv-replay"),
+    )
+    .await
+    .unwrap();
+    let failed = next_event(&mut widget, "conv-replay").await;
+    assert!(
+        matches!(failed.payload, OutboundPayload::EscalationFailed(_)),
+        "{failed:?}"
+    );
+    let dl = dlq.next().await;
+    // An operator replays it as it was: same routing key, body and message id.
+    sb.publish_raw(&dl.routing_key, dl.message_id.as_deref(), &dl.body)
+        .await
+        .unwrap();
+    let e = next_event(&mut widget, "conv-replay").await;
+    assert_eq!(
+        created(&e).external_id,
+        sb.sim.zendesk_tickets()[0].id.to_string()
+    );
+    assert_eq!(
+        e.seq,
+        failed.seq + 1,
+        "the widget sees the failure, then the ticket"
+    );
+    assert_eq!(sb.sim.zendesk_tickets().len(), 1);
+    sb.stop().await;
+    env.cleanup().await;
+}
