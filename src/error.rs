@@ -102,6 +102,25 @@ impl ProviderError {
         Self::new(provider, ErrorClass::Permanent, kind, message)
     }
 
+    /// An error answer of the provider's HTTP API to operation `op`.
+    pub fn http(
+        provider: &'static str,
+        (class, kind): (ErrorClass, ProviderErrorKind),
+        op: &str,
+        status: u16,
+        detail: &str,
+        retry_after: Option<Duration>,
+    ) -> Self {
+        Self::new(
+            provider,
+            class,
+            kind,
+            format!("{op}: HTTP {status} {detail}"),
+        )
+        .with_status(status)
+        .with_retry_after(retry_after)
+    }
+
     pub fn with_status(mut self, status: u16) -> Self {
         self.status = Some(status);
         self

@@ -76,6 +76,15 @@ pub struct Sandbox {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// The sandbox publishes and listens as its client does.
+impl std::ops::Deref for Sandbox {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
 /// A producer and widget-side consumer: publishes inbound events, listens to outbound ones.
 pub struct Client {
     conn: Connection,
@@ -168,28 +177,6 @@ impl Sandbox {
             stop,
             task,
         })
-    }
-
-    pub async fn publish(
-        &self,
-        routing_key: &str,
-        message_id: &str,
-        body: &serde_json::Value,
-    ) -> Result<(), String> {
-        self.client.publish(routing_key, message_id, body).await
-    }
-
-    pub async fn publish_raw(
-        &self,
-        routing_key: &str,
-        message_id: Option<&str>,
-        body: &[u8],
-    ) -> Result<(), String> {
-        self.client.publish_raw(routing_key, message_id, body).await
-    }
-
-    pub async fn listen(&self, binding: &str) -> Result<Listener, String> {
-        self.client.listen(binding).await
     }
 
     /// Stop the worker (graceful) and the simulator.

@@ -357,12 +357,5 @@ async fn error_from_response(resp: reqwest::Response, op: &str) -> ProviderError
     } else if status == 403 {
         detail = format!("{detail} (the API token's agent lacks permission)");
     }
-    ProviderError::new(
-        PROVIDER,
-        class,
-        kind,
-        format!("{op}: HTTP {status} {detail}"),
-    )
-    .with_status(status)
-    .with_retry_after(ra)
+    ProviderError::http(PROVIDER, (class, kind), op, status, &detail, ra)
 }

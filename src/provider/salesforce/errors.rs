@@ -176,14 +176,7 @@ pub(super) fn rest_error(
             " (the Run As user of the External Client App lacks a permission: API Enabled, and create/edit on Case)",
         );
     }
-    ProviderError::new(
-        PROVIDER,
-        class,
-        kind,
-        format!("{op}: HTTP {status} {detail}"),
-    )
-    .with_status(status)
-    .with_retry_after(retry)
+    ProviderError::http(PROVIDER, (class, kind), op, status, &detail, retry)
 }
 
 /// Turn a failed answer of the OAuth token endpoint into a typed error whose
