@@ -34,7 +34,7 @@ pub struct Settings {
     #[arg(long, env = "ESCALATOR_INLINE_ATTEMPTS", default_value_t = 4)]
     pub inline_attempts: u32,
     /// Longest Retry-After honoured by waiting in process; longer waits use the retry queue.
-    #[arg(long, env = "ESCALATOR_MAX_INLINE_WAIT_MS", default_value_t = 30_000)]
+    #[arg(long, env = "ESCALATOR_MAX_INLINE_WAIT_MS", default_value_t = 2_000)]
     pub max_inline_wait_ms: u64,
     /// Rounds through the broker's retry queue before a transient failure is dead-lettered.
     #[arg(long, env = "ESCALATOR_BROKER_ATTEMPTS", default_value_t = 6)]
@@ -60,6 +60,10 @@ pub struct Settings {
     /// How long conversation state and dedupe records live in Redis, in days.
     #[arg(long, env = "ESCALATOR_STATE_TTL_DAYS", default_value_t = 90)]
     pub state_ttl_days: u64,
+    /// Messages of one org processed at the same time by one worker (its
+    /// share of ESCALATOR_CONCURRENCY); default: half of it, at least 1.
+    #[arg(long, env = "ESCALATOR_ORG_CONCURRENCY")]
+    pub org_concurrency: Option<usize>,
 }
 
 impl Settings {
@@ -100,6 +104,12 @@ impl Settings {
         if self.delivery_limit == 0 {
             problems.push("ESCALATOR_DELIVERY_LIMIT must be at least 1");
         }
+        if self
+            .org_concurrency
+            .is_some_and(|n| n == 0 || n > self.concurrency)
+        {
+            problems.push("ESCALATOR_ORG_CONCURRENCY must be between 1 and ESCALATOR_CONCURRENCY");
+        }
         if self.key_prefix.is_empty() || self.key_prefix.contains(['{', '}', ' ']) {
             problems.push("ESCALATOR_KEY_PREFIX must be non-empty, without braces or spaces");
         }
@@ -116,6 +126,13 @@ impl Settings {
 
     pub fn max_inline_wait(&self) -> Duration {
         Duration::from_millis(self.max_inline_wait_ms)
+    }
+
+    /// Each org's share of the worker's concurrency.
+    pub fn org_concurrency(&self) -> usize {
+        self.org_concurrency
+            .unwrap_or(self.concurrency / 2)
+            .clamp(1, self.concurrency.max(1))
     }
 
     pub fn state_ttl(&self) -> Duration {
@@ -170,6 +187,23 @@ mod tests {
             err.contains("ESCALATOR_SHARDS") && err.contains("ESCALATOR_PREFETCH"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn each_org_gets_half_the_concurrency_unless_told() {
+        let mut s = Settings::from_env().unwrap();
+        s.concurrency = 32;
+        s.org_concurrency = None;
+        assert_eq!(s.org_concurrency(), 16);
+        s.concurrency = 1;
+        assert_eq!(s.org_concurrency(), 1);
+        s.concurrency = 8;
+        s.org_concurrency = Some(9);
+        let err = s.validate().unwrap_err();
+        assert!(err.contains("ESCALATOR_ORG_CONCURRENCY"), "{err}");
+        s.org_concurrency = Some(8);
+        assert!(s.validate().is_ok());
+        assert_eq!(s.org_concurrency(), 8);
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! 4. [`handler`] decides each message's fate; [`effects`] makes the provider
 //!    calls exactly once; [`outbound`] tells the widget; [`dead_letter`] keeps
 //!    what failed, with why.
+pub mod bulkhead;
 pub mod dead_letter;
 pub mod effects;
 pub mod handler;
@@ -41,4 +42,6 @@ pub struct Context {
     pub instance_id: String,
     /// Pause before subscribing to non-preferred shards.
     pub standby_delay: Duration,
+    /// Live lane tasks of the current session (see [`shard::LaneGauge`]).
+    pub lanes: shard::LaneGauge,
 }
