@@ -156,7 +156,11 @@ pub async fn run(
             }
             _ = rebalance.tick() => {
                 for shard in balance.shards_to_release(&ctx, &subs, &releasing).await {
-                    tracing::info!(shard, "handing shard over to its preferred worker");
+                    if subs.get(&shard).is_some_and(|s| s.active) {
+                        tracing::info!(shard, "handing shard over to its preferred worker");
+                    } else {
+                        tracing::debug!(shard, "giving way to the shard's preferred worker");
+                    }
                     releasing.insert(shard, Vec::new());
                 }
                 continue;
@@ -171,11 +175,17 @@ pub async fn run(
                     // Nothing of the shard is in progress: closing its channel
                     // returns the held deliveries to the queue, in order, and
                     // the broker activates the next (preferred) consumer.
+                    let mut active = false;
                     if let Some(sub) = subs.remove(&shard) {
+                        active = sub.active;
                         sub.close().await;
                     }
                     let held = releasing.remove(&shard).unwrap_or_default();
-                    tracing::info!(shard, returned = held.len(), "shard handed over; staying subscribed as standby");
+                    if active {
+                        tracing::info!(shard, returned = held.len(), "shard handed over; staying subscribed as standby");
+                    } else {
+                        tracing::info!(shard, "gave way on a shard with no deliveries: re-subscribed as standby");
+                    }
                     drop(held);
                     subs.insert(shard, subscribe(&ctx, conn, keeper, shard, &tx, &lost).await?);
                 }
@@ -183,9 +193,10 @@ pub async fn run(
             }
             d = rx.recv() => match d { Some(d) => d, None => break },
         };
-        if subs.get(&shard).map(|s| s.generation) != Some(generation) {
+        match subs.get_mut(&shard) {
+            Some(sub) if sub.generation == generation => sub.active = true,
             // From a released subscription: the broker took it back.
-            continue;
+            _ => continue,
         }
         if let Some(n) = redelivery_count(&delivery) {
             tracing::info!(

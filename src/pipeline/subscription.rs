@@ -18,6 +18,9 @@ use tokio_util::sync::CancellationToken;
 pub(super) struct Subscription {
     channel: lapin::Channel,
     pub(super) forwarder: tokio::task::JoinHandle<()>,
+    /// Whether a delivery came through this subscription: only the active
+    /// consumer of a single-active-consumer queue receives any.
+    pub(super) active: bool,
     /// Tells this subscription's deliveries from those of an earlier,
     /// released one of the same shard (those went back to the queue).
     pub(super) generation: u64,
@@ -71,6 +74,7 @@ pub(super) async fn subscribe(
     Ok(Subscription {
         channel,
         forwarder,
+        active: false,
         generation,
     })
 }
