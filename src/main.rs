@@ -57,6 +57,10 @@ enum Command {
         /// Escalations to push through.
         #[arg(long, default_value_t = 2000)]
         count: usize,
+        /// Instead of throughput: push this many distinct conversations
+        /// through and print the RSS after 2k, 10k and this many.
+        #[arg(long)]
+        conversations: Option<usize>,
     },
 }
 
@@ -130,9 +134,17 @@ async fn run(command: Command) -> Result<(), String> {
             );
             Ok(())
         }
-        Command::Bench { settings, count } => {
+        Command::Bench {
+            settings,
+            count,
+            conversations,
+        } => {
             let _telemetry = escalator::telemetry::init("error");
-            escalator::bench::run(settings, count).await
+            let mode = match conversations {
+                Some(conversations) => escalator::bench::Mode::Memory { conversations },
+                None => escalator::bench::Mode::Throughput { count },
+            };
+            escalator::bench::run(settings, mode).await
         }
     }
 }

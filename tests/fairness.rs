@@ -252,15 +252,14 @@ async fn active_shards(env: &TestEnv) -> BTreeMap<String, BTreeSet<String>> {
     let mut active: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for line in text.lines() {
         let cols: Vec<&str> = line.split('\t').collect();
-        if let [queue, tag, "true"] = cols[..] {
-            if let Some((instance, _shard)) =
+        if let [queue, tag, "true"] = cols[..]
+            && let Some((instance, _shard)) =
                 tag.strip_prefix("worker-").and_then(|t| t.rsplit_once('-'))
-            {
-                active
-                    .entry(instance.to_string())
-                    .or_default()
-                    .insert(queue.to_string());
-            }
+        {
+            active
+                .entry(instance.to_string())
+                .or_default()
+                .insert(queue.to_string());
         }
     }
     active
