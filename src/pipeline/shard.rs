@@ -149,7 +149,12 @@ pub async fn run(
                 }
                 continue;
             }
-            Some(_) = lane_tasks.join_next(), if !lane_tasks.is_empty() => continue,
+            Some(ended) = lane_tasks.join_next(), if !lane_tasks.is_empty() => {
+                if let Err(e) = ended {
+                    tracing::error!(error = %e, "a lane task failed: its conversation gets a new lane");
+                }
+                continue;
+            }
             _ = heartbeat.tick() => {
                 announce(&ctx, &subs).await;
                 continue;
@@ -214,14 +219,22 @@ pub async fn run(
         let lane = lanes.entry(key.clone()).or_insert_with(|| {
             let (ltx, lrx) = mpsc::unbounded_channel();
             let live = LiveLane::enter(&ctx);
-            lane_tasks.spawn(run_lane(shared.clone(), key, lrx, idle_tx.clone(), live));
+            lane_tasks.spawn(run_lane(
+                shared.clone(),
+                key.clone(),
+                lrx,
+                idle_tx.clone(),
+                live,
+            ));
             Lane { tx: ltx, sent: 0 }
         });
         lane.sent += 1;
         in_flight[usize::from(shard)].fetch_add(1, Ordering::AcqRel);
         if let Err(mpsc::error::SendError((shard, d))) = lane.tx.send((shard, delivery)) {
-            // The lane ended (cannot happen: only the dispatcher ends lanes): requeue.
+            // The lane task died (a panic; only the dispatcher ends lanes
+            // otherwise): requeue, and the next delivery gets a new lane.
             in_flight[usize::from(shard)].fetch_sub(1, Ordering::AcqRel);
+            lanes.remove(&key);
             amqp::requeue(&d.acker).await;
         }
     }
