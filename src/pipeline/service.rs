@@ -131,7 +131,9 @@ impl Worker {
         Topology::new(ctx.settings.shards, ctx.settings.delivery_limit)
             .declare(&channel)
             .await?;
-        let publisher = Publisher::open(&conn).await?;
+        let publisher = Publisher::open(&conn)
+            .await?
+            .with_confirm_timeout(ctx.settings.confirm_timeout());
         let mut live = membership::heartbeat(&ctx.store, &ctx.instance_id)
             .await
             .unwrap_or_else(|_| vec![ctx.instance_id.clone()]);
