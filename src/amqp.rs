@@ -2,10 +2,10 @@
 use crate::error::InfraError;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{LongString, ShortString};
-use std::time::Duration;
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, PublisherConfirm,
 };
+use std::time::Duration;
 
 /// Connect to RabbitMQ. `name` shows up in the management UI.
 pub async fn connect(url: &str, name: &str) -> Result<Connection, lapin::Error> {

@@ -173,7 +173,9 @@ pub enum InfraError {
         generation: u64,
     },
     /// Another runner kept the conversation's lease for longer than we waited.
-    #[error("conversation {org_id}/{conversation_id} is still being handled elsewhere after {waited_ms} ms")]
+    #[error(
+        "conversation {org_id}/{conversation_id} is still being handled elsewhere after {waited_ms} ms"
+    )]
     LeaseBusy {
         org_id: String,
         conversation_id: String,

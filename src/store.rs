@@ -158,8 +158,16 @@ return redis.call('LINDEX', KEYS[1], 0) == ARGV[1] and 1 or 0
 macro_rules! fenced_off {
     ($l:literal, $c:literal, $v:literal, $g:literal) => {
         concat!(
-            "local cur = redis.call('GET', ", $l, ")\n",
-            "if cur ~= ", $v, " and (cur or redis.call('HGET', ", $c, ", 'lease_gen') ~= ", $g, ") then\n"
+            "local cur = redis.call('GET', ",
+            $l,
+            ")\n",
+            "if cur ~= ",
+            $v,
+            " and (cur or redis.call('HGET', ",
+            $c,
+            ", 'lease_gen') ~= ",
+            $g,
+            ") then\n"
         )
     };
 }
@@ -403,7 +411,9 @@ impl Store {
                 generation,
                 value: format!("{generation}:{}", claim.owner),
             }),
-            due: (due > 0).then(|| DateTime::from_timestamp_millis(due)).flatten(),
+            due: (due > 0)
+                .then(|| DateTime::from_timestamp_millis(due))
+                .flatten(),
             dropped_heads,
             busy_for: (admission == Admission::Busy)
                 .then(|| Duration::from_millis(busy_ms.max(0) as u64)),
