@@ -249,3 +249,55 @@ impl ProcessError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn infrastructure_errors_say_what_clears_them() {
+        let dead = [
+            InfraError::Corrupt("record".into()),
+            InfraError::NewerRecord {
+                what: "record".into(),
+                found: 2,
+                supported: 1,
+            },
+            InfraError::Unroutable("escalator.outbound".into()),
+        ];
+        for e in dead {
+            assert_eq!(e.recovery(), Recovery::DeadLetter, "{e}");
+        }
+        let rebuild = [
+            InfraError::ConnectionLost,
+            InfraError::ConfirmTimeout {
+                target: "escalator.retry".into(),
+                waited_ms: 15_000,
+            },
+            InfraError::Amqp(lapin::Error::from(lapin::ErrorKind::ChannelsLimitReached)),
+        ];
+        for e in rebuild {
+            assert_eq!(e.recovery(), Recovery::RebuildSession, "{e}");
+        }
+        let fenced = InfraError::Fenced {
+            org_id: "acme".into(),
+            conversation_id: "c1".into(),
+            generation: 3,
+        };
+        assert_eq!(fenced.recovery(), Recovery::Requeue);
+        let wait = [
+            InfraError::PublishNacked("escalator.work".into()),
+            InfraError::LeaseBusy {
+                org_id: "acme".into(),
+                conversation_id: "c1".into(),
+                waited_ms: 20_000,
+            },
+            InfraError::Redis(redis::RedisError::from(std::io::Error::from(
+                std::io::ErrorKind::ConnectionRefused,
+            ))),
+        ];
+        for e in wait {
+            assert_eq!(e.recovery(), Recovery::Wait, "{e}");
+        }
+    }
+}

@@ -274,3 +274,46 @@ async fn a_parked_head_the_broker_dropped_does_not_stall_its_followers() {
     sb.stop().await;
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_confirm_that_does_not_come_in_time_ends_the_wait_and_rebuilds_the_session() {
+    let env = TestEnv::new("fail-confirm").await;
+    env.declare_topology().await;
+    let conn = amqp::connect(&env.settings.amqp_url, "test-confirm")
+        .await
+        .unwrap();
+    // A confirm the broker cannot give within 1 ms: the last of 2,000
+    // persistent publishes to a quorum queue (each written to its log first).
+    let publisher = amqp::Publisher::open(&conn)
+        .await
+        .unwrap()
+        .with_confirm_timeout(Duration::from_millis(1));
+    let mut last = None;
+    for i in 0..2_000 {
+        last = Some(
+            publisher
+                .start(
+                    escalator::topology::DEAD_LETTER_EXCHANGE,
+                    "customer.message",
+                    format!("{{\"n\": {i}}}").as_bytes(),
+                    amqp::json_properties(),
+                )
+                .await
+                .unwrap(),
+        );
+    }
+    let started = tokio::time::Instant::now();
+    let err = last.unwrap().wait().await.unwrap_err();
+    assert!(
+        matches!(err, escalator::error::InfraError::ConfirmTimeout { .. }),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(1), "the wait ended");
+    assert_eq!(
+        err.recovery(),
+        escalator::error::Recovery::RebuildSession,
+        "a stuck confirm tears the session down"
+    );
+    let _ = conn.close(200, ShortString::from("bye")).await;
+    env.cleanup().await;
+}
