@@ -50,37 +50,12 @@ pub async fn handle(
     item: &WorkItem,
 ) -> Result<Fate, InfraError> {
     let m = &item.meta;
-    let (org, conv, id) = (
-        m.org_id.as_str(),
-        m.conversation_id.as_str(),
-        m.dedupe_id.as_str(),
-    );
     let claim = Claim {
         owner: ctx.instance_id.clone(),
         ttl: ctx.settings.lease_ttl(),
         overdue_grace: ctx.settings.overdue_grace(),
     };
-    let mut wait = lease::Wait::new(claim.ttl);
-    let started = tokio::time::Instant::now();
-    let begin = loop {
-        let begin = ctx.store.begin(org, conv, id, &claim).await?;
-        if begin.admission != Admission::Busy {
-            break begin;
-        }
-        if !wait.pause(begin.busy_for).await {
-            return Err(InfraError::LeaseBusy {
-                org_id: org.to_string(),
-                conversation_id: conv.to_string(),
-                waited_ms: started.elapsed().as_millis() as u64,
-            });
-        }
-    };
-    if started.elapsed() > Duration::from_millis(100) {
-        tracing::info!(
-            waited_ms = started.elapsed().as_millis() as u64,
-            "waited for another runner's lease on this conversation"
-        );
-    }
+    let begin = begin_when_free(ctx, m, &claim).await?;
     if begin.dropped_heads > 0 {
         tracing::warn!(
             dropped = begin.dropped_heads,
@@ -120,6 +95,33 @@ pub async fn handle(
         }
     }
     result
+}
+
+/// `Store::begin`, again while another runner holds the conversation's
+/// lease (polling, at most one lease TTL; then `LeaseBusy`, a wait).
+async fn begin_when_free(ctx: &Context, m: &Meta, claim: &Claim) -> Result<Begin, InfraError> {
+    let (org, conv) = (m.org_id.as_str(), m.conversation_id.as_str());
+    let mut wait = lease::Wait::new(claim.ttl);
+    let started = tokio::time::Instant::now();
+    loop {
+        let begin = ctx.store.begin(org, conv, &m.dedupe_id, claim).await?;
+        if begin.admission != Admission::Busy {
+            if started.elapsed() > Duration::from_millis(100) {
+                tracing::info!(
+                    waited_ms = started.elapsed().as_millis() as u64,
+                    "waited for another runner's lease on this conversation"
+                );
+            }
+            return Ok(begin);
+        }
+        if !wait.pause(begin.busy_for).await {
+            return Err(InfraError::LeaseBusy {
+                org_id: org.to_string(),
+                conversation_id: conv.to_string(),
+                waited_ms: started.elapsed().as_millis() as u64,
+            });
+        }
+    }
 }
 
 /// The item, holding its conversation's lease.
