@@ -64,6 +64,16 @@ pub struct Settings {
     /// share of ESCALATOR_CONCURRENCY); default: half of it, at least 1.
     #[arg(long, env = "ESCALATOR_ORG_CONCURRENCY")]
     pub org_concurrency: Option<usize>,
+    /// Lifetime of a conversation's lease (one runner at a time, fleet-wide),
+    /// renewed every third of it while the runner works. Must exceed the HTTP
+    /// timeout, so that a lost runner's last request has ended before another
+    /// runner looks. Default: ESCALATOR_HTTP_TIMEOUT_MS + 5000.
+    #[arg(long, env = "ESCALATOR_LEASE_TTL_MS")]
+    pub lease_ttl_ms: Option<u64>,
+    /// Longest wait for the broker to confirm a publish; then the AMQP
+    /// session is torn down and rebuilt.
+    #[arg(long, env = "ESCALATOR_CONFIRM_TIMEOUT_MS", default_value_t = 15_000)]
+    pub confirm_timeout_ms: u64,
 }
 
 impl Settings {
@@ -113,11 +123,42 @@ impl Settings {
         if self.key_prefix.is_empty() || self.key_prefix.contains(['{', '}', ' ']) {
             problems.push("ESCALATOR_KEY_PREFIX must be non-empty, without braces or spaces");
         }
+        let lease_problem = format!(
+            "ESCALATOR_LEASE_TTL_MS ({}) must exceed ESCALATOR_HTTP_TIMEOUT_MS ({})",
+            self.lease_ttl().as_millis(),
+            self.http_timeout_ms
+        );
+        if self.lease_ttl() <= Duration::from_millis(self.http_timeout_ms) {
+            problems.push(&lease_problem);
+        }
+        if self.confirm_timeout_ms == 0 {
+            problems.push("ESCALATOR_CONFIRM_TIMEOUT_MS must be at least 1");
+        }
         if problems.is_empty() {
             Ok(())
         } else {
             Err(format!("invalid settings: {}", problems.join("; ")))
         }
+    }
+
+    /// `ESCALATOR_LEASE_TTL_MS`, or the HTTP timeout + 5 s.
+    pub fn lease_ttl(&self) -> Duration {
+        Duration::from_millis(
+            self.lease_ttl_ms
+                .unwrap_or(self.http_timeout_ms.saturating_add(5_000)),
+        )
+    }
+
+    pub fn confirm_timeout(&self) -> Duration {
+        Duration::from_millis(self.confirm_timeout_ms)
+    }
+
+    /// A parked head this long past its due time is taken to be lost (the
+    /// broker dead-lettered it, e.g. at its delivery limit) and dropped from
+    /// its conversation's parked list, so that its followers run: three
+    /// retry delays, at least one minute.
+    pub fn overdue_grace(&self) -> Duration {
+        (self.retry_delay() * 3).max(Duration::from_secs(60))
     }
 
     pub fn retry_delay(&self) -> Duration {
@@ -182,9 +223,12 @@ mod tests {
         assert!(s.validate().is_ok());
         s.shards = 0;
         s.prefetch = 0;
+        s.lease_ttl_ms = Some(s.http_timeout_ms);
         let err = s.validate().unwrap_err();
         assert!(
-            err.contains("ESCALATOR_SHARDS") && err.contains("ESCALATOR_PREFETCH"),
+            err.contains("ESCALATOR_SHARDS")
+                && err.contains("ESCALATOR_PREFETCH")
+                && err.contains("ESCALATOR_LEASE_TTL_MS"),
             "{err}"
         );
     }

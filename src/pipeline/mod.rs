@@ -15,6 +15,7 @@ pub mod dead_letter;
 pub mod effects;
 pub mod handler;
 pub mod intake;
+pub mod lease;
 pub mod membership;
 pub mod meta;
 pub mod outbound;

@@ -130,7 +130,9 @@ impl Worker {
         Topology::new(ctx.settings.shards, ctx.settings.delivery_limit)
             .declare(&channel)
             .await?;
-        let publisher = Publisher::open(&conn).await?;
+        let publisher = Publisher::open(&conn)
+            .await?
+            .with_confirm_timeout(ctx.settings.confirm_timeout());
         // Announced only now that a session is up; the shard consumers keep
         // the records fresh while they consume, and the session withdraws
         // them when it ends.

@@ -18,7 +18,7 @@ use super::meta::Meta;
 use super::subscription::{Balance, Subscription, subscribe};
 use crate::amqp::{self, ChannelKeeper, Publisher};
 use crate::contract::{InboundEvent, InboundKind};
-use crate::error::InfraError;
+use crate::error::{InfraError, Recovery};
 use lapin::message::Delivery;
 use lapin::options::BasicAckOptions;
 use lapin::{Acker, Connection};
@@ -405,20 +405,48 @@ async fn process(
         };
         let mut wait = Duration::from_millis(500);
         loop {
-            match handler::handle(ctx, publisher, &item).await {
+            let err = match handler::handle(ctx, publisher, &item).await {
                 Ok(fate) => {
                     tracing::info!(fate = ?fate, "message handled");
                     settle_ack(&acker).await;
                     return;
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, wait_ms = wait.as_millis() as u64, "infrastructure error: will retry the message");
+                Err(err) => err,
+            };
+            match err.recovery() {
+                Recovery::Wait => {
+                    tracing::warn!(error = %err, wait_ms = wait.as_millis() as u64, "infrastructure error: will retry the message");
                     tokio::select! {
                         _ = stop.cancelled() => { amqp::requeue(&acker).await; return; }
                         _ = lost.cancelled() => return,
                         _ = tokio::time::sleep(wait) => {}
                     }
                     wait = (wait * 2).min(Duration::from_secs(10));
+                }
+                Recovery::DeadLetter => {
+                    match handler::dead_letter_stuck(publisher, &item, &err).await {
+                        Ok(()) => settle_ack(&acker).await,
+                        Err(e) if e.recovery() == Recovery::RebuildSession => {
+                            tracing::warn!(error = %e, "cannot dead-letter (AMQP session broken): rebuilding the session");
+                            lost.cancel();
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot dead-letter: handing the message back to the broker");
+                            amqp::requeue(&acker).await;
+                        }
+                    }
+                    return;
+                }
+                Recovery::Requeue => {
+                    tracing::warn!(error = %err, "fenced off: handing the message back, its conversation's current runner decides");
+                    amqp::requeue(&acker).await;
+                    return;
+                }
+                Recovery::RebuildSession => {
+                    // Unacked: the broker redelivers it once the session is gone.
+                    tracing::warn!(error = %err, "AMQP session broken: tearing it down to rebuild it");
+                    lost.cancel();
+                    return;
                 }
             }
         }
