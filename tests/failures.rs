@@ -12,7 +12,10 @@ use escalator::sandbox::ZENDESK_ORG;
 use escalator::topology::{OUTBOUND_EXCHANGE, UNROUTED_EXCHANGE, UNROUTED_QUEUE};
 use lapin::options::ExchangeDeleteOptions;
 use lapin::types::{FieldTable, ShortString};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const ORG: &str = ZENDESK_ORG;
 
@@ -275,45 +278,97 @@ async fn a_parked_head_the_broker_dropped_does_not_stall_its_followers() {
     env.cleanup().await;
 }
 
+/// A TCP proxy to RabbitMQ whose broker-to-client direction can be frozen:
+/// the client keeps publishing, but no confirm ever reaches it (as with a
+/// quorum queue that lost its quorum). Returns the port, the switch and the
+/// proxy task (abort it to cut the connection).
+async fn freezable_broker() -> (u16, Arc<AtomicBool>, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let frozen = Arc::new(AtomicBool::new(false));
+    let switch = frozen.clone();
+    let task = tokio::spawn(async move {
+        let Ok((client, _)) = listener.accept().await else {
+            return;
+        };
+        let Ok(broker) = tokio::net::TcpStream::connect("127.0.0.1:5672").await else {
+            return;
+        };
+        let (mut client_rx, mut client_tx) = client.into_split();
+        let (mut broker_rx, mut broker_tx) = broker.into_split();
+        let upstream = tokio::spawn(async move {
+            let _ = tokio::io::copy(&mut client_rx, &mut broker_tx).await;
+        });
+        let _upstream = AbortOnDrop(upstream);
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            if frozen.load(Ordering::Acquire) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+            match broker_rx.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                // Frozen while reading: what the broker said is lost.
+                Ok(_) if frozen.load(Ordering::Acquire) => {}
+                Ok(n) => {
+                    if client_tx.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    (port, switch, task)
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 #[tokio::test]
-async fn a_confirm_that_does_not_come_in_time_ends_the_wait_and_rebuilds_the_session() {
+async fn a_confirm_that_never_comes_ends_the_wait_and_rebuilds_the_session() {
     let env = TestEnv::new("fail-confirm").await;
     env.declare_topology().await;
-    let conn = amqp::connect(&env.settings.amqp_url, "test-confirm")
-        .await
-        .unwrap();
-    // A confirm the broker cannot give within 1 ms: the last of 2,000
-    // persistent publishes to a quorum queue (each written to its log first).
+    let (port, frozen, proxy) = freezable_broker().await;
+    let url = env
+        .settings
+        .amqp_url
+        .replace("127.0.0.1:5672", &format!("127.0.0.1:{port}"));
+    let conn = amqp::connect(&url, "test-confirm").await.unwrap();
     let publisher = amqp::Publisher::open(&conn)
         .await
         .unwrap()
-        .with_confirm_timeout(Duration::from_millis(1));
-    let mut last = None;
-    for i in 0..2_000 {
-        last = Some(
-            publisher
-                .start(
-                    escalator::topology::DEAD_LETTER_EXCHANGE,
-                    "customer.message",
-                    format!("{{\"n\": {i}}}").as_bytes(),
-                    amqp::json_properties(),
-                )
-                .await
-                .unwrap(),
-        );
-    }
+        .with_confirm_timeout(Duration::from_millis(500));
+    frozen.store(true, Ordering::Release);
+    let pending = publisher
+        .start(
+            escalator::topology::DEAD_LETTER_EXCHANGE,
+            "customer.message",
+            b"{}",
+            amqp::json_properties(),
+        )
+        .await
+        .unwrap();
     let started = tokio::time::Instant::now();
-    let err = last.unwrap().wait().await.unwrap_err();
+    let err = pending.wait().await.unwrap_err();
     assert!(
         matches!(err, escalator::error::InfraError::ConfirmTimeout { .. }),
         "{err}"
     );
-    assert!(started.elapsed() < Duration::from_secs(1), "the wait ended");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the wait ended at the timeout"
+    );
     assert_eq!(
         err.recovery(),
         escalator::error::Recovery::RebuildSession,
         "a stuck confirm tears the session down"
     );
-    let _ = conn.close(200, ShortString::from("bye")).await;
+    proxy.abort();
+    drop(conn);
     env.cleanup().await;
 }
