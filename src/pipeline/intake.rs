@@ -4,7 +4,7 @@
 use super::Context;
 use super::dead_letter::{self, DeadLetterConfirm, Verdict};
 use super::meta::{self, Meta};
-use crate::amqp::{self, ChannelKeeper, PendingConfirm, Publisher};
+use crate::amqp::{ChannelKeeper, PendingConfirm, Publisher};
 use crate::contract::InboundKind;
 use crate::error::InfraError;
 use crate::schema;
@@ -160,10 +160,11 @@ impl Pending {
 /// connection fails.
 ///
 /// Order: a forward the broker nacks or returns (unroutable) ends the
-/// session with an error: that delivery and every later one still pending
-/// are requeued in order (the rest return when the channel closes), so no
-/// later message of its conversation is acked ahead of it; the next session
-/// declares the topology again and routes them afresh.
+/// session with an error, and no later delivery is acked after it: the
+/// consumer's channel is closed, which gives that delivery and every later
+/// one back to the queue at once, in delivery order, before any other
+/// consumer is served. The next session declares the topology again and
+/// routes them afresh.
 pub async fn run(
     ctx: &Context,
     conn: &Connection,
@@ -212,22 +213,33 @@ pub async fn run(
         }
     };
     drop(tx);
-    let settled = acker_task.await;
-    match (result, settled) {
-        (Err(e), _) => Err(e),
-        (Ok(()), Ok(Some(e))) => Err(e),
-        (Ok(()), _) => Ok(()),
+    let failure = acker_task.await.ok().flatten();
+    if failure.is_some() {
+        // Every ack before the failure is sent; nothing after it was acked.
+        // Closing the channel returns the rest in order, atomically (a nack
+        // per delivery would let the broker hand the first one straight back
+        // to this still-active consumer, behind later ones).
+        let _ = channel
+            .close(
+                200,
+                ShortString::from("forward failed: requeueing in order"),
+            )
+            .await;
+    }
+    match (result, failure) {
+        (Err(e), _) | (Ok(()), Some(e)) => Err(e),
+        (Ok(()), None) => Ok(()),
     }
 }
 
-/// Await the confirms in order and ack the originals; after the first
-/// failure, requeue that delivery and every later one, in order, and return
-/// the failure (`failed` tells the router to stop).
+/// Await the confirms in order and ack the originals. At the first failure,
+/// stop: ack what was confirmed before it, leave it and everything after it
+/// unacked (the caller closes the channel), tell the router (`failed`), and
+/// return the failure.
 async fn settle_in_order(
     mut rx: tokio::sync::mpsc::Receiver<(Pending, Acker)>,
     failed: CancellationToken,
 ) -> Option<InfraError> {
-    let mut failure: Option<InfraError> = None;
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while let Ok(next) = rx.try_recv() {
@@ -237,25 +249,19 @@ async fn settle_in_order(
         // every confirmed message up to it.
         let mut confirmed: Option<Acker> = None;
         for (pending, acker) in batch {
-            if failure.is_some() {
-                // Behind a failed forward: back to the queue, in order.
-                amqp::requeue(&acker).await;
-                continue;
-            }
             match pending.wait().await {
                 Ok(()) => confirmed = Some(acker),
                 Err(e) => {
-                    tracing::warn!(error = %e, "forwarding not confirmed: requeueing it and every later inbound message, in order, and restarting the session");
+                    tracing::warn!(error = %e, "forwarding not confirmed: returning it and every later inbound message to the queue, in order, and restarting the session");
                     settle(confirmed.take(), true).await;
-                    amqp::requeue(&acker).await;
                     failed.cancel();
-                    failure = Some(e);
+                    return Some(e);
                 }
             }
         }
         settle(confirmed, true).await;
     }
-    failure
+    None
 }
 
 /// Ack `acker` (and, with `multiple`, every earlier delivery of its channel).
