@@ -557,3 +557,115 @@ async fn broker_dead_letters_keep_their_x_death_reason() {
     let _ = conn.close(200, ShortString::from("bye")).await;
     env.cleanup().await;
 }
+
+// ------------------------------------------------------------ item 13: a full dead-letter queue
+
+/// Set (or clear, with `None`) an operator policy capping the dead-letter
+/// queue's length in the test vhost (the lower of policy and argument wins).
+fn cap_dead_letter_queue(env: &TestEnv, max_length: Option<u32>) {
+    let args: Vec<String> = match max_length {
+        Some(n) => [
+            "set_operator_policy",
+            "-p",
+            &env.vhost,
+            "--apply-to",
+            "queues",
+            "small-dlq",
+            "^escalator\\.dead-letter$",
+            &format!("{{\"max-length\": {n}}}"),
+        ]
+        .map(String::from)
+        .to_vec(),
+        None => ["clear_operator_policy", "-p", &env.vhost, "small-dlq"]
+            .map(String::from)
+            .to_vec(),
+    };
+    let status = std::process::Command::new("rabbitmqctl")
+        .args(&args)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("rabbitmqctl is needed for this test");
+    assert!(status.success(), "rabbitmqctl {args:?}");
+}
+
+/// A full dead-letter queue refuses the publish (`reject-publish`): the
+/// worker keeps the failing message (never drops it), logs an error that
+/// says the dead-letter queue is full, and dead-letters it once there is room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_dead_letter_queue_keeps_the_message_and_says_so() {
+    let env = TestEnv::new("dlq-full").await;
+    env.declare_topology().await;
+    cap_dead_letter_queue(&env, Some(1));
+    let sim = env.sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let worker = env.spawn_worker(&sim.base_url(), dir.path(), "w");
+    let conn = connect(&env).await;
+    // Customer messages for conversations never escalated: all are
+    // dead-lettered (permanent). A quorum queue refuses once it is over its
+    // limit: with a limit of 1 it takes two, then refuses the third.
+    let ids: Vec<String> = (1..=3).map(|i| format!("m-{i}")).collect();
+    for (n, id) in ids.iter().enumerate() {
+        let conv = format!("conv-{id}");
+        let body = serde_json::to_vec(&customer_message(ORG, &conv, id, "hello?")).unwrap();
+        publish_with(
+            &conn,
+            INBOUND_EXCHANGE,
+            "customer.message",
+            &body,
+            json_properties().with_message_id(ShortString::from(id.as_str())),
+        )
+        .await;
+        if n < 2 {
+            let deadline = tokio::time::Instant::now() + WAIT;
+            while env.queue_depth(DEAD_LETTER_QUEUE).await < n as u32 + 1 {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{id} not dead-lettered"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !worker.log_text().contains("the dead-letter queue is full") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no error about the full dead-letter queue:\n{}",
+            worker.log_text()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        worker
+            .log_text()
+            .lines()
+            .any(|l| l.contains("ERROR") && l.contains("the dead-letter queue is full")),
+        "logged at ERROR level"
+    );
+    assert_eq!(
+        env.queue_depth(DEAD_LETTER_QUEUE).await,
+        2,
+        "the third was refused"
+    );
+
+    // Room again: the kept messages arrive; none was dropped.
+    let mut dlq = dead_letter_consumer(&conn).await;
+    let mut got = Vec::new();
+    for _ in 0..ids.len() {
+        let dl = next_letter(&mut dlq).await;
+        got.push(
+            dl.props
+                .message_id()
+                .as_ref()
+                .map(|s| s.as_str().to_string())
+                .unwrap_or_default(),
+        );
+    }
+    got.sort();
+    assert_eq!(got, ids, "every message dead-lettered once there was room");
+    cap_dead_letter_queue(&env, None);
+    let _ = conn.close(200, ShortString::from("bye")).await;
+    worker.terminate().await;
+    sim.shutdown().await;
+    env.cleanup().await;
+}
