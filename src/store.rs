@@ -215,6 +215,18 @@ return 1
 "#
 );
 
+/// Take a conversation's lease alone (no message bookkeeping), for work that
+/// is not an ordinary message run (rejections). KEYS: lease, conversation
+/// hash. ARGV: owner, TTL (ms), state TTL (s). Returns {generation, 0} or,
+/// when held by another runner, {0, its PTTL}.
+const ACQUIRE: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then return {0, redis.call('PTTL', KEYS[1])} end
+local gen = redis.call('HINCRBY', KEYS[2], 'lease_gen', 1)
+if redis.call('TTL', KEYS[2]) < 0 then redis.call('EXPIRE', KEYS[2], ARGV[3]) end
+redis.call('SET', KEYS[1], gen .. ':' .. ARGV[1], 'PX', ARGV[2])
+return {gen, 0}
+"#;
+
 /// KEYS: lease. ARGV: lease value, TTL (ms). Extends the lease if still held.
 const RENEW: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -249,6 +261,7 @@ static COMMIT_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::
 static FINISH_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(FINISH));
 static RENEW_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(RENEW));
 static RELEASE_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(RELEASE));
+static ACQUIRE_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(ACQUIRE));
 
 /// Who asks for a conversation's lease, and on what terms.
 #[derive(Debug, Clone)]
@@ -418,6 +431,34 @@ impl Store {
             busy_for: (admission == Admission::Busy)
                 .then(|| Duration::from_millis(busy_ms.max(0) as u64)),
         })
+    }
+
+    /// Take the conversation's lease without running a message: `Ok(lease)`,
+    /// or `Err(time left)` of the runner holding it.
+    pub async fn acquire_lease(
+        &self,
+        org: &str,
+        conv: &str,
+        claim: &Claim,
+    ) -> Result<Result<Lease, Duration>, redis::RedisError> {
+        let mut c = self.conn.clone();
+        let (generation, busy_ms): (u64, i64) = ACQUIRE_SCRIPT
+            .key(self.key(org, conv, ":lease"))
+            .key(self.key(org, conv, ""))
+            .arg(&claim.owner)
+            .arg(claim.ttl.as_millis().max(1) as u64)
+            .arg(self.ttl_secs)
+            .invoke_async(&mut c)
+            .await?;
+        if generation == 0 {
+            return Ok(Err(Duration::from_millis(busy_ms.max(0) as u64)));
+        }
+        Ok(Ok(Lease {
+            org_id: org.to_string(),
+            conversation_id: conv.to_string(),
+            generation,
+            value: format!("{generation}:{}", claim.owner),
+        }))
     }
 
     /// Extend the lease by `ttl`. False when it is no longer held (expired,

@@ -239,7 +239,19 @@ async fn validation_error_dead_letters_and_tells_the_widget() {
         panic!("expected escalation.failed, got {e:?}")
     };
     assert_eq!(f.failed_event, "escalation.requested");
-    assert!(f.reason.contains("422"), "{}", f.reason);
+    // A sentence for people; the HTTP detail is in the dead letter only.
+    assert!(
+        f.reason
+            .starts_with("The support ticket could not be created: the requester's email address"),
+        "{}",
+        f.reason
+    );
+    assert!(
+        !f.reason.contains("not-an-email") && !f.reason.contains("422"),
+        "{}",
+        f.reason
+    );
+    assert_eq!(f.code, escalator::contract::FailureCode::ProviderRejected);
     let dl = dlq.next().await;
     assert_eq!(dl.routing_key, "escalation.requested");
     assert_eq!(dl.message_id.as_deref(), Some("m-422"));

@@ -6,7 +6,10 @@ use super::effects;
 use super::meta::Meta;
 use super::{Context, lease, outbound};
 use crate::amqp::Publisher;
-use crate::contract::{EscalationFailed, InboundEvent, OutboundPayload, ProviderKind};
+use crate::contract::{
+    EscalationFailed, FailureCode, InboundEvent, InboundKind, OutboundPayload, ProviderKind,
+    failure_sentence,
+};
 use crate::error::{ErrorClass, InfraError, ProcessError, ProviderErrorKind};
 use crate::store::{Admission, Begin, Claim, Lease};
 use crate::topology::RETRY_EXCHANGE;
@@ -50,11 +53,7 @@ pub async fn handle(
     item: &WorkItem,
 ) -> Result<Fate, InfraError> {
     let m = &item.meta;
-    let claim = Claim {
-        owner: ctx.instance_id.clone(),
-        ttl: ctx.settings.lease_ttl(),
-        overdue_grace: ctx.settings.overdue_grace(),
-    };
+    let claim = claim(ctx);
     let begin = begin_when_free(ctx, m, &claim).await?;
     if begin.dropped_heads > 0 {
         tracing::warn!(
@@ -95,6 +94,15 @@ pub async fn handle(
         }
     }
     result
+}
+
+/// This worker's terms for a conversation's lease.
+pub(super) fn claim(ctx: &Context) -> Claim {
+    Claim {
+        owner: ctx.instance_id.clone(),
+        ttl: ctx.settings.lease_ttl(),
+        overdue_grace: ctx.settings.overdue_grace(),
+    }
 }
 
 /// `Store::begin`, again while another runner holds the conversation's
@@ -216,8 +224,10 @@ async fn run(
             .await?
             .wait()
             .await?;
+            let (code, reason) = widget_failure(&err, &m.routing_key, provider);
             let failed = OutboundPayload::EscalationFailed(EscalationFailed {
-                reason: widget_reason(&err),
+                reason,
+                code,
                 error_class: class,
                 failed_event: m.routing_key.clone(),
             });
@@ -283,19 +293,81 @@ fn broker_backoff(ctx: &Context, n: u32, asked: Option<Duration>) -> Duration {
     wait.min(Duration::from_secs(crate::store::MAX_BROKER_BACKOFF_SECS))
 }
 
-/// A reason the widget can show the customer's agent-facing UI.
-fn widget_reason(err: &ProcessError) -> String {
-    match err {
-        ProcessError::Provider(p) if p.is_transient() => {
-            format!(
-                "{} is not reachable right now; the escalation could not be delivered",
-                p.provider
-            )
-        }
-        ProcessError::Provider(p) => {
-            format!("{} refused the escalation: {}", p.provider, p.message)
-        }
-        other => other.to_string(),
+/// The widget's view of a failure: a stable code and a sentence a person can
+/// be shown. Only our own fixed phrases: a provider's error text can echo
+/// customer data, so it stays in the dead letter and the logs.
+fn widget_failure(
+    err: &ProcessError,
+    failed_event: &str,
+    provider: ProviderKind,
+) -> (FailureCode, String) {
+    let name = provider.display_name();
+    let (code, cause) = match err {
+        ProcessError::Provider(p) if p.is_transient() => (
+            FailureCode::ProviderUnavailable,
+            format!("{name} could not be reached for too long. Please try again later."),
+        ),
+        ProcessError::Provider(p) => match p.kind {
+            ProviderErrorKind::Network
+            | ProviderErrorKind::RateLimited
+            | ProviderErrorKind::BudgetExhausted
+            | ProviderErrorKind::Unavailable => (
+                FailureCode::ProviderUnavailable,
+                format!("{name} could not be reached for too long. Please try again later."),
+            ),
+            ProviderErrorKind::Authentication | ProviderErrorKind::SessionExpired => (
+                FailureCode::ProviderAuthFailed,
+                format!("{name} did not accept the escalator's credentials; an administrator needs to check them."),
+            ),
+            ProviderErrorKind::Configuration => (
+                FailureCode::ConfigurationError,
+                format!("the connection to {name} is not set up correctly; an administrator needs to check it."),
+            ),
+            ProviderErrorKind::Protocol => (
+                FailureCode::ProviderError,
+                format!("{name} gave an answer the escalator could not understand."),
+            ),
+            ProviderErrorKind::Validation
+            | ProviderErrorKind::NotFound
+            | ProviderErrorKind::IdempotencyConflict => {
+                (FailureCode::ProviderRejected, rejected_cause(p, name))
+            }
+        },
+        // Infrastructure errors are retried, never reported; kept for completeness.
+        ProcessError::Infra(_) => (
+            FailureCode::ProviderUnavailable,
+            "the service is having trouble right now. Please try again later.".to_string(),
+        ),
+        ProcessError::Rejected(_) => match InboundKind::from_routing_key(failed_event) {
+            Some(InboundKind::EscalationRequested) => (
+                FailureCode::ConfigurationError,
+                "this organisation is not set up for escalations; an administrator needs to check it.".to_string(),
+            ),
+            Some(InboundKind::WebhookZendesk | InboundKind::WebhookSunshine) => (
+                FailureCode::NotSupported,
+                "this kind of update is not supported yet.".to_string(),
+            ),
+            _ => (
+                FailureCode::NotEscalated,
+                "the conversation has not been handed over to the support team.".to_string(),
+            ),
+        },
+    };
+    (code, failure_sentence(failed_event, provider, &cause))
+}
+
+/// Why the provider refused, in fixed words: the field it named, when it is
+/// one a person recognises (the provider's text itself is never copied).
+fn rejected_cause(p: &crate::error::ProviderError, name: &str) -> String {
+    let detail = p.message.to_ascii_lowercase();
+    if detail.contains("email") {
+        "the requester's email address is invalid.".to_string()
+    } else if detail.contains("subject") {
+        "the subject was not accepted.".to_string()
+    } else if detail.contains("requester") {
+        "the requester's email address or name is invalid.".to_string()
+    } else {
+        format!("{name} did not accept it.")
     }
 }
 

@@ -9,7 +9,7 @@
 //!    to their preferred worker.
 //! 4. [`handler`] decides each message's fate; [`effects`] makes the provider
 //!    calls exactly once; [`outbound`] tells the widget; [`dead_letter`] keeps
-//!    what failed, with why.
+//!    what failed, with why; [`rejection`] does both for unusable messages.
 pub mod bulkhead;
 pub mod dead_letter;
 pub mod effects;
@@ -19,6 +19,7 @@ pub mod lease;
 pub mod membership;
 pub mod meta;
 pub mod outbound;
+pub mod rejection;
 pub mod service;
 pub mod shard;
 pub mod subscription;

@@ -11,10 +11,10 @@
 //! ever seen.
 use super::Context;
 use super::bulkhead::OrgPermits;
-use super::dead_letter::{self, Verdict};
 use super::handler::{self, WorkItem};
 use super::membership;
 use super::meta::Meta;
+use super::rejection::{self, Rejected};
 use super::subscription::{Balance, Subscription, subscribe};
 use crate::amqp::{self, ChannelKeeper, Publisher};
 use crate::contract::{InboundEvent, InboundKind};
@@ -371,6 +371,9 @@ async fn process(
                 // Only the intake router writes to the work exchange.
                 Err("message on a work queue without the escalator's headers".to_string())
             }
+            // The intake router could not accept it, but placed it here so
+            // that the widget hears of it in the conversation's order.
+            _ if meta.rejection.is_some() => Err(meta.rejection.clone().unwrap_or_default()),
             None => Err(format!("unknown routing key `{}`", meta.routing_key)),
             Some(kind) => InboundEvent::parse(kind, &d.data).map_err(|e| {
                 format!("{} matches its schema but cannot be read: {:?} error at line {}, column {}", meta.routing_key, e.classify(), e.line(), e.column())
@@ -379,21 +382,21 @@ async fn process(
         let event = match parsed {
             Ok(event) => event,
             Err(reason) => {
-            let verdict = Verdict {
-                error_class: "invalid",
-                reason,
-                stage: "worker",
-            };
-            let rk = if meta.routing_key.is_empty() { d.routing_key.as_str().to_string() } else { meta.routing_key.clone() };
-            let published = match dead_letter::start(publisher, &rk, &d.data, d.properties.clone(), &meta, &verdict).await {
-                Ok(pending) => pending.wait().await,
-                Err(e) => Err(e),
-            };
-            match published {
-                Ok(()) => settle_ack(&acker).await,
-                Err(_) => amqp::requeue(&acker).await,
-            }
-            return;
+                let rejected = Rejected {
+                    meta: &meta,
+                    shard_key: d.routing_key.as_str(),
+                    body: &d.data,
+                    props: &d.properties,
+                    reason,
+                };
+                match rejection::reject(ctx, publisher, rejected).await {
+                    Ok(()) => settle_ack(&acker).await,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot dead-letter the unusable message: requeueing it");
+                        amqp::requeue(&acker).await;
+                    }
+                }
+                return;
             }
         };
         let item = WorkItem {
