@@ -22,7 +22,7 @@ const ORG: &str = ZENDESK_ORG;
 
 /// Escalate `conv` and return its Zendesk ticket id.
 async fn escalated(sb: &escalator::sandbox::Sandbox, conv: &str) -> u64 {
-    let mut widget = sb.listen(&format!("{ORG}.{conv}.#")).await.unwrap();
+    let mut widget = sb.listen(&format!("{ORG}.#")).await.unwrap();
     sb.publish(
         "escalation.requested",
         &format!("{conv}-esc"),
@@ -122,7 +122,17 @@ async fn a_comment_answered_after_the_http_timeout_is_added_once() {
     let started = std::time::Instant::now();
     publish_message(&sb, "conv-slow", "slow-1", "is anyone there?").await;
     publish_message(&sb, "conv-slow", "slow-2", "hello?").await;
-    until_sim(&sb.sim, || comment_bodies(&sb.sim, ticket).len() >= 2).await;
+    // Until the slow request has landed too, and both messages are handled.
+    let slow_done = || {
+        sb.sim
+            .requests()
+            .iter()
+            .any(|r| r.method == "PUT" && r.faulted && r.status == 200)
+    };
+    until_sim(&sb.sim, || {
+        slow_done() && comment_bodies(&sb.sim, ticket).iter().any(|b| b == "hello?")
+    })
+    .await;
     assert_eq!(
         comment_bodies(&sb.sim, ticket),
         vec!["is anyone there?", "hello?"],
@@ -257,7 +267,7 @@ async fn the_look_up_is_exact_and_reads_a_long_history_newest_first() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_salesforce_comment_refused_with_429_is_resent_without_a_look_up() {
+async fn a_salesforce_comment_refused_on_a_row_lock_is_resent_without_a_look_up() {
     let env = TestEnv::new("sf429").await;
     let sb = env.sandbox().await;
     let mut widget = sb.listen(&format!("{SALESFORCE_ORG}.#")).await.unwrap();
@@ -273,8 +283,11 @@ async fn a_salesforce_comment_refused_with_429_is_resent_without_a_look_up() {
         method: Some("POST".into()),
         path_prefix: "/services/data/v62.0/sobjects/CaseComment".into(),
         times: Some(1),
-        status: Some(429),
-        retry_after: Some(1),
+        status: Some(400),
+        body: Some(
+            json!([{"message": "unable to obtain exclusive access to this record", "errorCode": "UNABLE_TO_LOCK_ROW"}])
+                .to_string(),
+        ),
         ..Default::default()
     });
     let before = sb.sim.requests().len();
@@ -293,10 +306,16 @@ async fn a_salesforce_comment_refused_with_429_is_resent_without_a_look_up() {
             .count()
     };
     until_sim(&sb.sim, || comments() == 1).await;
+    let retried: Vec<u16> = sb.sim.requests()[before..]
+        .iter()
+        .filter(|r| r.method == "POST" && r.path.contains("/sobjects/CaseComment"))
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(retried, vec![400, 201]);
     let looked = sb.sim.requests()[before..]
         .iter()
         .any(|r| r.path.contains("/query") && r.path.contains("CaseComment"));
-    assert!(!looked, "a 429 is a refusal: nothing to look up");
+    assert!(!looked, "a refused comment is not there: nothing to look up");
     sb.stop().await;
     env.cleanup().await;
 }
