@@ -130,7 +130,10 @@ async fn a_comment_answered_after_the_http_timeout_is_added_once() {
             .any(|r| r.method == "PUT" && r.faulted && r.status == 200)
     };
     until_sim(&sb.sim, || {
-        slow_done() && comment_bodies(&sb.sim, ticket).iter().any(|b| b == "hello?")
+        slow_done()
+            && comment_bodies(&sb.sim, ticket)
+                .iter()
+                .any(|b| b == "hello?")
     })
     .await;
     assert_eq!(
@@ -315,7 +318,10 @@ async fn a_salesforce_comment_refused_on_a_row_lock_is_resent_without_a_look_up(
     let looked = sb.sim.requests()[before..]
         .iter()
         .any(|r| r.path.contains("/query") && r.path.contains("CaseComment"));
-    assert!(!looked, "a refused comment is not there: nothing to look up");
+    assert!(
+        !looked,
+        "a refused comment is not there: nothing to look up"
+    );
     sb.stop().await;
     env.cleanup().await;
 }
@@ -510,4 +516,53 @@ async fn zendesk_error_bodies_echoing_customer_data_leak_nowhere() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zendesk_error_bodies_leak_nowhere_at_debug_level() {
     canaries_stay_out("debug").await;
+}
+
+#[tokio::test]
+async fn send_markers_gate_the_next_send_until_the_latest_can_no_longer_land() {
+    use escalator::contract::ProviderKind;
+    use escalator::provider::in_flight::{Gate, SendMarkers};
+    let prefix = format!("escalator-test:markers:{}", uuid::Uuid::new_v4().simple());
+    let store = Store::connect("redis://127.0.0.1:6379/", &prefix, Duration::from_secs(600))
+        .await
+        .unwrap();
+    let settle = Duration::from_millis(1_500);
+    let markers = SendMarkers::new(&store, ProviderKind::Zendesk, settle);
+    let (org, conv, what) = ("acme", "conv-1", "message:m-1");
+    assert_eq!(
+        markers.before_send(org, conv, what).await.unwrap(),
+        Gate::Fresh
+    );
+    // The send timed out: a second runner must wait, not look.
+    let Gate::Wait(left) = markers.before_send(org, conv, what).await.unwrap() else {
+        panic!("a send that may still land holds the next one back")
+    };
+    assert!(
+        left <= settle && left > Duration::from_millis(500),
+        "{left:?}"
+    );
+    tokio::time::sleep(left + Duration::from_millis(50)).await;
+    let Gate::Earlier(first) = markers.before_send(org, conv, what).await.unwrap() else {
+        panic!("once it can no longer land, look first")
+    };
+    assert!(first <= chrono::Utc::now());
+    // Looked, not found, sent again: answered 503 (final): look at once next time.
+    markers.sending(org, conv, what).await.unwrap();
+    assert!(matches!(
+        markers.before_send(org, conv, what).await.unwrap(),
+        Gate::Wait(_)
+    ));
+    markers.answered(org, conv, what).await.unwrap();
+    assert_eq!(
+        markers.before_send(org, conv, what).await.unwrap(),
+        Gate::Earlier(first),
+        "the first unresolved send still bounds the look-up"
+    );
+    // Refused (429): nothing landed, the next send goes without a look-up.
+    markers.not_landed(org, conv, what).await.unwrap();
+    assert_eq!(
+        markers.before_send(org, conv, what).await.unwrap(),
+        Gate::Fresh
+    );
+    store.delete_all().await.unwrap();
 }
