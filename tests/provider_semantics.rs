@@ -364,12 +364,12 @@ async fn salesforce_errors_quoting_context_values_are_redacted() {
         })
         .await
         .unwrap_err();
+    store.delete_all().await.unwrap();
+    sim.shutdown().await;
     assert_eq!(err.kind, ProviderErrorKind::Validation);
     assert!(err.message.contains("Plan__c"), "{}", err.message);
     assert!(!err.message.contains(&canary), "{}", err.message);
     assert!(!format!("{err:?}").contains(&canary));
-    store.delete_all().await.unwrap();
-    sim.shutdown().await;
 }
 
 /// `escalator worker` as a process, logging at `level`.
