@@ -343,9 +343,11 @@ impl TicketProvider for ZendeskClient {
             if reached_older_than(&page.audits, not_before) {
                 return Ok(false);
             }
-            match page.next_page {
-                Some(next) if !next.is_empty() => rb = self.http.get(next),
-                _ => return Ok(false),
+            // Our credentials go only to the configured host (a proxy, the
+            // simulator): the next page's path and query, on our base URL.
+            match page.next_page.as_deref().and_then(path_and_query) {
+                Some(next) => rb = self.http.get(self.url(&next)),
+                None => return Ok(false),
             }
         }
         tracing::warn!(
@@ -355,6 +357,15 @@ impl TicketProvider for ZendeskClient {
         );
         Ok(false)
     }
+}
+
+/// `/path?query` of a pagination link.
+fn path_and_query(link: &str) -> Option<String> {
+    let url = reqwest::Url::parse(link).ok()?;
+    Some(match url.query() {
+        Some(q) => format!("{}?{q}", url.path()),
+        None => url.path().to_string(),
+    })
 }
 
 /// Whether a page read newest first has gone past `not_before`. A page in
@@ -481,6 +492,18 @@ mod tests {
             Some("Forbidden")
         );
         assert_eq!(code_like("ada@example.com"), None);
+    }
+
+    #[test]
+    fn pagination_links_keep_only_path_and_query() {
+        assert_eq!(
+            path_and_query(
+                "https://acme.zendesk.com/api/v2/tickets/1/audits.json?page=2&sort_order=desc"
+            )
+            .as_deref(),
+            Some("/api/v2/tickets/1/audits.json?page=2&sort_order=desc")
+        );
+        assert_eq!(path_and_query(""), None);
     }
 
     #[test]
