@@ -52,10 +52,29 @@ pub enum ProviderErrorKind {
     Protocol,
 }
 
+/// Whether a failed request may have taken effect at the provider anyway.
+///
+/// The pipeline looks an effect up before making it again only when it may
+/// have landed, and only once it can no longer land.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Landing {
+    /// It did not take effect: a refusal (4xx, 429, 409), a connection that
+    /// never opened, a read, our own budget.
+    NotLanded,
+    /// It may have taken effect, and the provider is done with it: a final
+    /// 5xx answer (500, 503).
+    MayHaveLanded,
+    /// It may still take effect: no final answer came (timeout, broken
+    /// connection, a gateway's 502/504 while the backend goes on).
+    MayStillLand,
+}
+
 /// An error from a provider API call.
 ///
 /// `message` is safe to log and to show: it never contains secrets, message
-/// text or customer contact data.
+/// text or customer contact data (nor free text from a provider's error
+/// body, which may echo them).
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{provider}: {message}")]
 pub struct ProviderError {
@@ -67,6 +86,8 @@ pub struct ProviderError {
     /// The provider asked us to wait this long (Retry-After) or, for limits
     /// without such a header, the configured back-off.
     pub retry_after: Option<Duration>,
+    /// Whether the request may have taken effect anyway.
+    pub landing: Landing,
 }
 
 impl ProviderError {
@@ -83,6 +104,7 @@ impl ProviderError {
             status: None,
             message: message.into(),
             retry_after: None,
+            landing: Landing::NotLanded,
         }
     }
 
@@ -119,6 +141,7 @@ impl ProviderError {
         )
         .with_status(status)
         .with_retry_after(retry_after)
+        .with_landing(landing_of_status(status))
     }
 
     pub fn with_status(mut self, status: u16) -> Self {
@@ -131,8 +154,34 @@ impl ProviderError {
         self
     }
 
+    pub fn with_landing(mut self, landing: Landing) -> Self {
+        self.landing = landing;
+        self
+    }
+
     pub fn is_transient(&self) -> bool {
         self.class == ErrorClass::Transient
+    }
+
+    /// The request may have taken effect: look before making it again.
+    pub fn may_have_landed(&self) -> bool {
+        self.landing != Landing::NotLanded
+    }
+
+    /// The request may still take effect later: wait before looking.
+    pub fn may_still_land(&self) -> bool {
+        self.landing == Landing::MayStillLand
+    }
+}
+
+/// What an HTTP error status says about the request's effect: a gateway's
+/// 502/504 leaves the backend running; other 5xx are the backend's own
+/// final answer; 4xx are refusals.
+pub fn landing_of_status(status: u16) -> Landing {
+    match status {
+        502 | 504 => Landing::MayStillLand,
+        500..=599 => Landing::MayHaveLanded,
+        _ => Landing::NotLanded,
     }
 }
 

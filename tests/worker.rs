@@ -510,7 +510,12 @@ async fn transient_failures_that_never_end_are_dead_lettered_after_the_last_roun
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn comment_whose_answer_was_lost_is_not_added_twice() {
     let env = TestEnv::new("lostcomment").await;
-    let sb = env.sandbox().await;
+    // A broken connection may still land: the look-up waits twice the HTTP timeout.
+    let mut settings = env.settings.clone();
+    settings.http_timeout_ms = 2_000;
+    let sb = env
+        .sandbox_with(settings, escalator::sandbox::sandbox_config)
+        .await;
     let mut widget = sb.listen(&format!("{ORG}.#")).await.unwrap();
     sb.publish(
         "escalation.requested",
@@ -554,7 +559,7 @@ async fn comment_whose_answer_was_lost_is_not_added_twice() {
         .sim
         .requests()
         .iter()
-        .filter(|r| r.method == "GET" && r.path.contains("/comments"))
+        .filter(|r| r.method == "GET" && r.path.contains("/audits"))
         .count();
     assert_eq!(lookups, 1, "the retry looked before re-sending");
     sb.stop().await;
