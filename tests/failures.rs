@@ -148,6 +148,16 @@ async fn an_unroutable_outbound_event_is_dead_lettered() {
     let env = TestEnv::new("fail-unroutable").await;
     let sb = env.sandbox().await;
     let mut dead = env.dead_letters().await;
+    // The worker's session is up (it declares the topology when it starts,
+    // which would bind the queue again): one escalation goes through first.
+    sb.publish(
+        "escalation.requested",
+        "unroutable-0",
+        &escalation(ORG, "conv-unroutable-0"),
+    )
+    .await
+    .unwrap();
+    until_done(&env, "conv-unroutable-0", "unroutable-0").await;
     // No widget listens and the outbound exchange's alternate exchange has
     // no queue any more: the event cannot be routed.
     let (conn, ch) = channel(&env).await;
@@ -168,7 +178,7 @@ async fn an_unroutable_outbound_event_is_dead_lettered() {
     .unwrap();
     let letter = dead.next().await;
     assert_worker_dead_letter(&letter, "unroutable-1", "no queue is bound");
-    assert_eq!(sb.sim.zendesk_tickets().len(), 1);
+    assert_eq!(sb.sim.zendesk_tickets().len(), 2);
     let _ = conn.close(200, ShortString::from("bye")).await;
     sb.stop().await;
     env.cleanup().await;

@@ -166,10 +166,10 @@ async fn a_worker_losing_its_session_mid_call_leaves_one_comment_in_order() {
         )
         .await
         .unwrap();
-    // The attempt marker is written right before the call; the runner is
+    // The send marker is written right before the call; the runner is
     // the active consumer of the conversation's shard.
     let conv_key = format!("{}:conv:{{{ORG}:{CONV}}}", env.settings.key_prefix);
-    until_key(&env, &format!("{conv_key}:attempt:message:lease-m1")).await;
+    until_key(&env, &format!("{conv_key}:sent:message:lease-m1")).await;
     let runner = active_consumer(&env, CONV).await;
     assert!(
         [instance_of(&a), instance_of(&b)].contains(&runner),

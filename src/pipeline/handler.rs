@@ -362,10 +362,10 @@ fn rejected_cause(p: &crate::error::ProviderError, name: &str) -> String {
     let detail = p.message.to_ascii_lowercase();
     if detail.contains("email") {
         "the requester's email address is invalid.".to_string()
-    } else if detail.contains("subject") {
-        "the subject was not accepted.".to_string()
     } else if detail.contains("requester") {
         "the requester's email address or name is invalid.".to_string()
+    } else if detail.contains("subject") {
+        "the subject was not accepted.".to_string()
     } else {
         format!("{name} did not accept it.")
     }
