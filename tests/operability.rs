@@ -1,0 +1,2 @@
+//! Operability: the shard count, secrets in errors, a fresh machine.
+mod common;
