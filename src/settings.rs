@@ -15,11 +15,12 @@ pub struct Settings {
     #[arg(
         long,
         env = "ESCALATOR_AMQP_URL",
+        hide_env_values = true,
         default_value = DEFAULT_AMQP_URL
     )]
     pub amqp_url: String,
     /// Redis URL (the password is never printed).
-    #[arg(long, env = "ESCALATOR_REDIS_URL", default_value = DEFAULT_REDIS_URL)]
+    #[arg(long, env = "ESCALATOR_REDIS_URL", hide_env_values = true, default_value = DEFAULT_REDIS_URL)]
     pub redis_url: String,
     /// Prefix of every Redis key this process writes.
     #[arg(long, env = "ESCALATOR_KEY_PREFIX", default_value = "escalator")]
@@ -69,7 +70,8 @@ pub struct Settings {
 #[derive(Debug, Clone, clap::Args)]
 pub struct AmqpArgs {
     /// AMQP URL of RabbitMQ (the password is never printed).
-    #[arg(long, env = "ESCALATOR_AMQP_URL", default_value = DEFAULT_AMQP_URL)]
+    #[arg(long, env = "ESCALATOR_AMQP_URL",
+        hide_env_values = true, default_value = DEFAULT_AMQP_URL)]
     pub amqp_url: String,
 }
 
@@ -77,7 +79,7 @@ pub struct AmqpArgs {
 #[derive(Debug, Clone, clap::Args)]
 pub struct RedisArgs {
     /// Redis URL (the password is never printed).
-    #[arg(long, env = "ESCALATOR_REDIS_URL", default_value = DEFAULT_REDIS_URL)]
+    #[arg(long, env = "ESCALATOR_REDIS_URL", hide_env_values = true, default_value = DEFAULT_REDIS_URL)]
     pub redis_url: String,
 }
 

@@ -421,3 +421,17 @@ fn every_environment_variable_is_in_some_help() {
         .collect();
     assert!(missing.is_empty(), "not in any --help: {missing:?}");
 }
+
+#[test]
+fn help_never_shows_the_password_of_a_url_in_the_environment() {
+    for command in ["worker", "topology", "demo", "bench"] {
+        let out = escalator()
+            .args([command, "--help"])
+            .env("ESCALATOR_AMQP_URL", "amqp://u:CANARY-pw-4711@h:5672/%2f")
+            .env("ESCALATOR_REDIS_URL", "redis://:CANARY-pw-4711@h:6379/")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(!text.contains("CANARY"), "{command} --help: {text}");
+    }
+}
