@@ -5,6 +5,7 @@ use lapin::types::{LongString, ShortString};
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, PublisherConfirm,
 };
+use std::time::Duration;
 
 /// Connect to RabbitMQ. `name` shows up in the management UI.
 pub async fn connect(url: &str, name: &str) -> Result<Connection, lapin::Error> {
@@ -37,10 +38,16 @@ impl ChannelKeeper {
     }
 }
 
-/// A channel in confirm mode: every publish is confirmed by the broker.
+/// Default of `ESCALATOR_CONFIRM_TIMEOUT_MS`.
+pub const DEFAULT_CONFIRM_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A channel in confirm mode: every publish is confirmed by the broker,
+/// within the confirm timeout (a quorum queue without a quorum never
+/// confirms: the wait ends with [`InfraError::ConfirmTimeout`]).
 #[derive(Clone)]
 pub struct Publisher {
     channel: Channel,
+    confirm_timeout: Duration,
 }
 
 impl Publisher {
@@ -49,7 +56,16 @@ impl Publisher {
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        Ok(Publisher { channel })
+        Ok(Publisher {
+            channel,
+            confirm_timeout: DEFAULT_CONFIRM_TIMEOUT,
+        })
+    }
+
+    /// How long a publish may wait for its confirm.
+    pub fn with_confirm_timeout(mut self, timeout: Duration) -> Publisher {
+        self.confirm_timeout = timeout.max(Duration::from_millis(1));
+        self
     }
 
     /// Publish and wait for the broker's confirm. A nack is an error.
@@ -92,6 +108,7 @@ impl Publisher {
         Ok(PendingConfirm {
             confirm,
             target: exchange.to_string(),
+            timeout: self.confirm_timeout,
         })
     }
 
@@ -104,11 +121,21 @@ impl Publisher {
 pub struct PendingConfirm {
     confirm: PublisherConfirm,
     target: String,
+    timeout: Duration,
 }
 
 impl PendingConfirm {
+    /// The broker's answer: an ack is `Ok`, a nack or a return is an error,
+    /// and no answer within the confirm timeout is [`InfraError::ConfirmTimeout`]
+    /// (the caller tears the session down: confirms on this channel are stuck).
     pub async fn wait(self) -> Result<(), InfraError> {
-        match self.confirm.await? {
+        let answer = tokio::time::timeout(self.timeout, self.confirm)
+            .await
+            .map_err(|_| InfraError::ConfirmTimeout {
+                target: self.target.clone(),
+                waited_ms: self.timeout.as_millis() as u64,
+            })?;
+        match answer? {
             Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
             Confirmation::Ack(Some(_)) => Err(InfraError::Unroutable(self.target)),
             Confirmation::Nack(_) => Err(InfraError::PublishNacked(self.target)),

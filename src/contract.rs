@@ -134,6 +134,14 @@ impl ProviderKind {
             ProviderKind::Salesforce => "salesforce",
         }
     }
+
+    /// The product name, for sentences people read.
+    pub fn display_name(self) -> &'static str {
+        match self {
+            ProviderKind::Zendesk => "Zendesk",
+            ProviderKind::Salesforce => "Salesforce",
+        }
+    }
 }
 
 impl std::fmt::Display for ProviderKind {
@@ -341,12 +349,78 @@ pub struct EscalationCreated {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EscalationFailed {
-    /// A reason the widget can show.
+    /// A sentence a person can be shown: what could not be done, and why in
+    /// plain words. Never a provider's text, never customer data; the
+    /// technical detail is in the dead letter and the logs.
     pub reason: String,
+    /// Stable machine-readable cause (the widget branches on this, not on `reason`).
+    pub code: FailureCode,
     /// `permanent` or `transient` (retries exhausted).
     pub error_class: crate::error::ErrorClass,
     /// The inbound routing key of the event that failed.
     pub failed_event: String,
+}
+
+/// Why an inbound event failed for good, in `escalation.failed`. The values
+/// are part of the contract (`schemas/outbound/event.json` documents each).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureCode {
+    /// The event itself is unusable: it fails its schema, has duplicate keys,
+    /// is too large, or cannot be read.
+    InvalidRequest,
+    /// The provider refused the content (validation, missing record, conflict).
+    ProviderRejected,
+    /// The provider stayed unreachable or overloaded until retries ran out.
+    ProviderUnavailable,
+    /// The provider refused the org's credentials.
+    ProviderAuthFailed,
+    /// The provider answered something the escalator could not understand.
+    ProviderError,
+    /// The org's escalator or provider setup cannot work (unknown org, wrong domain).
+    ConfigurationError,
+    /// A follow-up event for a conversation that was never escalated.
+    NotEscalated,
+    /// An event this version of the escalator does not handle.
+    NotSupported,
+}
+
+impl FailureCode {
+    pub const ALL: [FailureCode; 8] = [
+        FailureCode::InvalidRequest,
+        FailureCode::ProviderRejected,
+        FailureCode::ProviderUnavailable,
+        FailureCode::ProviderAuthFailed,
+        FailureCode::ProviderError,
+        FailureCode::ConfigurationError,
+        FailureCode::NotEscalated,
+        FailureCode::NotSupported,
+    ];
+}
+
+/// The sentence for `escalation.failed`'s `reason`: what could not be done
+/// (from the failed event's routing key) and why (`cause`, a fixed phrase).
+/// Built only from our own words, so it can be shown to anyone.
+pub fn failure_sentence(failed_event: &str, provider: ProviderKind, cause: &str) -> String {
+    let record = match provider {
+        ProviderKind::Zendesk => "ticket",
+        ProviderKind::Salesforce => "case",
+    };
+    let what = match InboundKind::from_routing_key(failed_event) {
+        Some(InboundKind::EscalationRequested) => {
+            format!("The support {record} could not be created")
+        }
+        Some(InboundKind::CustomerMessage) => {
+            "The message could not be passed on to the support team".to_string()
+        }
+        Some(InboundKind::CustomerTyping | InboundKind::CustomerEnded) => {
+            "The update could not be passed on to the support team".to_string()
+        }
+        Some(InboundKind::WebhookZendesk | InboundKind::WebhookSunshine) | None => {
+            "An update from the support system could not be processed".to_string()
+        }
+    };
+    format!("{what}: {cause}")
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

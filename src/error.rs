@@ -52,10 +52,29 @@ pub enum ProviderErrorKind {
     Protocol,
 }
 
+/// Whether a failed request may have taken effect at the provider anyway.
+///
+/// The pipeline looks an effect up before making it again only when it may
+/// have landed, and only once it can no longer land.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Landing {
+    /// It did not take effect: a refusal (4xx, 429, 409), a connection that
+    /// never opened, a read, our own budget.
+    NotLanded,
+    /// It may have taken effect, and the provider is done with it: a final
+    /// 5xx answer (500, 503).
+    MayHaveLanded,
+    /// It may still take effect: no final answer came (timeout, broken
+    /// connection, a gateway's 502/504 while the backend goes on).
+    MayStillLand,
+}
+
 /// An error from a provider API call.
 ///
 /// `message` is safe to log and to show: it never contains secrets, message
-/// text or customer contact data.
+/// text or customer contact data (nor free text from a provider's error
+/// body, which may echo them).
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{provider}: {message}")]
 pub struct ProviderError {
@@ -67,6 +86,8 @@ pub struct ProviderError {
     /// The provider asked us to wait this long (Retry-After) or, for limits
     /// without such a header, the configured back-off.
     pub retry_after: Option<Duration>,
+    /// Whether the request may have taken effect anyway.
+    pub landing: Landing,
 }
 
 impl ProviderError {
@@ -83,6 +104,7 @@ impl ProviderError {
             status: None,
             message: message.into(),
             retry_after: None,
+            landing: Landing::NotLanded,
         }
     }
 
@@ -119,6 +141,7 @@ impl ProviderError {
         )
         .with_status(status)
         .with_retry_after(retry_after)
+        .with_landing(landing_of_status(status))
     }
 
     pub fn with_status(mut self, status: u16) -> Self {
@@ -131,13 +154,39 @@ impl ProviderError {
         self
     }
 
+    pub fn with_landing(mut self, landing: Landing) -> Self {
+        self.landing = landing;
+        self
+    }
+
     pub fn is_transient(&self) -> bool {
         self.class == ErrorClass::Transient
     }
+
+    /// The request may have taken effect: look before making it again.
+    pub fn may_have_landed(&self) -> bool {
+        self.landing != Landing::NotLanded
+    }
+
+    /// The request may still take effect later: wait before looking.
+    pub fn may_still_land(&self) -> bool {
+        self.landing == Landing::MayStillLand
+    }
 }
 
-/// Trouble with our own infrastructure (Redis, RabbitMQ). Always transient:
-/// the pipeline waits for it to come back instead of failing the message.
+/// What an HTTP error status says about the request's effect: a gateway's
+/// 502/504 leaves the backend running; other 5xx are the backend's own
+/// final answer; 4xx are refusals.
+pub fn landing_of_status(status: u16) -> Landing {
+    match status {
+        502 | 504 => Landing::MayStillLand,
+        500..=599 => Landing::MayHaveLanded,
+        _ => Landing::NotLanded,
+    }
+}
+
+/// Trouble with our own infrastructure (Redis, RabbitMQ) or our own stored
+/// state. [`InfraError::recovery`] says what clears it.
 #[derive(Debug, thiserror::Error)]
 pub enum InfraError {
     #[error("redis: {0}")]
@@ -148,10 +197,77 @@ pub enum InfraError {
     PublishNacked(String),
     #[error("amqp: no queue is bound for a publish to {0} (is the topology declared?)")]
     Unroutable(String),
+    #[error("amqp: the broker did not confirm a publish to {target} within {waited_ms} ms")]
+    ConfirmTimeout { target: String, waited_ms: u64 },
     #[error("the connection to RabbitMQ was lost")]
     ConnectionLost,
     #[error("stored state is corrupt: {0}")]
     Corrupt(String),
+    #[error(
+        "{what} has version {found}, this escalator reads up to version {supported}: upgrade it"
+    )]
+    NewerRecord {
+        what: String,
+        found: u32,
+        supported: u32,
+    },
+    /// Another runner took the conversation's lease after this one's expired:
+    /// this runner must write nothing more for the message.
+    #[error(
+        "lease of {org_id}/{conversation_id} (generation {generation}) was taken over by another runner"
+    )]
+    Fenced {
+        org_id: String,
+        conversation_id: String,
+        generation: u64,
+    },
+    /// Another runner kept the conversation's lease for longer than we waited.
+    #[error(
+        "conversation {org_id}/{conversation_id} is still being handled elsewhere after {waited_ms} ms"
+    )]
+    LeaseBusy {
+        org_id: String,
+        conversation_id: String,
+        waited_ms: u64,
+    },
+}
+
+/// What clears an [`InfraError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recovery {
+    /// It clears by waiting (Redis down, a full queue, a busy conversation):
+    /// retry with a capped backoff.
+    Wait,
+    /// The AMQP session is broken (closed channel, a confirm that never
+    /// comes): tear it down so that the service loop builds a new one.
+    RebuildSession,
+    /// Hand the message back to the broker without acking it (a fenced-off
+    /// runner: whoever holds the conversation now decides its fate).
+    Requeue,
+    /// It can never clear for this message (corrupt or newer-version state,
+    /// an unroutable publish): dead-letter it with the reason.
+    DeadLetter,
+}
+
+impl InfraError {
+    pub fn recovery(&self) -> Recovery {
+        match self {
+            InfraError::Redis(e) if e.kind() == redis::ErrorKind::UnexpectedReturnType => {
+                Recovery::DeadLetter
+            }
+            InfraError::Redis(e) if e.code() == Some("WRONGTYPE") => Recovery::DeadLetter,
+            InfraError::Redis(_) | InfraError::PublishNacked(_) | InfraError::LeaseBusy { .. } => {
+                Recovery::Wait
+            }
+            InfraError::Amqp(_)
+            | InfraError::ConfirmTimeout { .. }
+            | InfraError::ConnectionLost => Recovery::RebuildSession,
+            InfraError::Fenced { .. } => Recovery::Requeue,
+            InfraError::Unroutable(_) | InfraError::Corrupt(_) | InfraError::NewerRecord { .. } => {
+                Recovery::DeadLetter
+            }
+        }
+    }
 }
 
 /// Why handling one inbound message failed.
@@ -179,6 +295,58 @@ impl ProcessError {
             ProcessError::Provider(e) => e.class,
             ProcessError::Infra(_) => ErrorClass::Transient,
             ProcessError::Rejected(_) => ErrorClass::Permanent,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn infrastructure_errors_say_what_clears_them() {
+        let dead = [
+            InfraError::Corrupt("record".into()),
+            InfraError::NewerRecord {
+                what: "record".into(),
+                found: 2,
+                supported: 1,
+            },
+            InfraError::Unroutable("escalator.outbound".into()),
+        ];
+        for e in dead {
+            assert_eq!(e.recovery(), Recovery::DeadLetter, "{e}");
+        }
+        let rebuild = [
+            InfraError::ConnectionLost,
+            InfraError::ConfirmTimeout {
+                target: "escalator.retry".into(),
+                waited_ms: 15_000,
+            },
+            InfraError::Amqp(lapin::Error::from(lapin::ErrorKind::ChannelsLimitReached)),
+        ];
+        for e in rebuild {
+            assert_eq!(e.recovery(), Recovery::RebuildSession, "{e}");
+        }
+        let fenced = InfraError::Fenced {
+            org_id: "acme".into(),
+            conversation_id: "c1".into(),
+            generation: 3,
+        };
+        assert_eq!(fenced.recovery(), Recovery::Requeue);
+        let wait = [
+            InfraError::PublishNacked("escalator.work".into()),
+            InfraError::LeaseBusy {
+                org_id: "acme".into(),
+                conversation_id: "c1".into(),
+                waited_ms: 20_000,
+            },
+            InfraError::Redis(redis::RedisError::from(std::io::Error::from(
+                std::io::ErrorKind::ConnectionRefused,
+            ))),
+        ];
+        for e in wait {
+            assert_eq!(e.recovery(), Recovery::Wait, "{e}");
         }
     }
 }

@@ -99,6 +99,10 @@ enum Command {
         /// Escalations to push through.
         #[arg(long, default_value_t = 2000)]
         count: usize,
+        /// Instead of throughput: push this many distinct conversations
+        /// through and print the RSS after 2k, 10k and this many.
+        #[arg(long)]
+        conversations: Option<usize>,
     },
 }
 
@@ -206,6 +210,7 @@ async fn run(command: Command) -> Result<(), String> {
             redis,
             load,
             count,
+            conversations,
         } => {
             let _telemetry = escalator::telemetry::init("error");
             let mut settings = Settings::defaults();
@@ -214,7 +219,11 @@ async fn run(command: Command) -> Result<(), String> {
             settings.prefetch = load.prefetch;
             settings.concurrency = load.concurrency;
             settings.shards = load.shards;
-            escalator::bench::run(settings, count).await
+            let mode = match conversations {
+                Some(conversations) => escalator::bench::Mode::Memory { conversations },
+                None => escalator::bench::Mode::Throughput { count },
+            };
+            escalator::bench::run(settings, mode).await
         }
     }
 }

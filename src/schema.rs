@@ -8,6 +8,7 @@
 //! Validation reasons name the JSON pointer of each problem and the rule it
 //! broke, never the offending value: bodies carry message text and customer
 //! contact data, which must stay out of logs and dead letters' reasons.
+use std::cell::RefCell;
 use std::fmt;
 use std::sync::Arc;
 
@@ -30,6 +31,14 @@ pub const OUTBOUND_SCHEMA_NAME: &str = "outbound/event.json";
 
 /// How many problems a validation reason lists before summarising the rest.
 const MAX_REPORTED: usize = 3;
+
+/// `escalation.requested`'s `context`, serialized as JSON, is at most this
+/// many bytes (the schema caps its keys and string values; JSON Schema
+/// cannot express a total size, so [`Schemas::validate_inbound`] checks it).
+pub const MAX_CONTEXT_BYTES: usize = 16 * 1024;
+
+/// A duplicate key is named by its JSON pointer, cut to this many characters.
+const MAX_KEY_IN_REASON: usize = 64;
 
 /// A schema that cannot be used. Only a broken build can cause this: the
 /// schemas are embedded, so [`Schemas::load`] either always or never fails.
@@ -90,10 +99,21 @@ impl Schemas {
     pub fn validate_inbound(&self, kind: InboundKind, body: &Value) -> Result<(), String> {
         let index = inbound_index(kind);
         match self.inner.inbound.get(index) {
-            Some(validator) => check(validator, body),
+            Some(validator) => check(validator, body)?,
             // Unreachable: `load` compiles one validator per kind.
-            None => Err(format!("no schema for {}", kind.routing_key())),
+            None => return Err(format!("no schema for {}", kind.routing_key())),
         }
+        if kind == InboundKind::EscalationRequested
+            && let Some(context) = body.get("context")
+        {
+            let size = serialized_size(context);
+            if size > MAX_CONTEXT_BYTES {
+                return Err(format!(
+                    "/context: is {size} bytes as JSON, more than the {MAX_CONTEXT_BYTES} allowed"
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Checks an outbound event (envelope and the `data` of its `type`).
@@ -117,6 +137,157 @@ impl Schemas {
     pub fn outbound_schema_text() -> &'static str {
         OUTBOUND_EVENT
     }
+}
+
+/// A JSON document parsed by [`parse_document`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Document {
+    pub value: Value,
+    /// The JSON pointer of the first object key that appears twice in its
+    /// object (`value` holds the last one, as serde_json would), if any.
+    pub duplicate_key: Option<String>,
+}
+
+impl Document {
+    /// Why the document cannot be accepted as it is: it names a key twice,
+    /// and the producer's meaning is ambiguous.
+    pub fn duplicate_reason(&self) -> Option<String> {
+        self.duplicate_key.as_ref().map(|key| {
+            format!("{key}: the key appears more than once in its object (duplicate JSON keys are ambiguous)")
+        })
+    }
+}
+
+/// Parse a JSON document once, building its [`Value`] and noting duplicate
+/// object keys, which `serde_json` alone would resolve silently (last wins).
+pub fn parse_document(body: &[u8]) -> Result<Document, serde_json::Error> {
+    let path = RefCell::new(Vec::new());
+    let duplicate = RefCell::new(None);
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value = serde::de::DeserializeSeed::deserialize(
+        Walk {
+            path: &path,
+            duplicate: &duplicate,
+        },
+        &mut de,
+    )?;
+    de.end()?;
+    Ok(Document {
+        value,
+        duplicate_key: duplicate.into_inner(),
+    })
+}
+
+/// Builds a [`Value`] like serde_json's own visitor, tracking where it is.
+#[derive(Clone, Copy)]
+struct Walk<'a> {
+    path: &'a RefCell<Vec<String>>,
+    duplicate: &'a RefCell<Option<String>>,
+}
+
+impl Walk<'_> {
+    fn note_duplicate(&self, key: &str) {
+        let mut dup = self.duplicate.borrow_mut();
+        if dup.is_none() {
+            let mut pointer: String = self
+                .path
+                .borrow()
+                .iter()
+                .chain(std::iter::once(&key.to_string()))
+                .map(|t| format!("/{}", escape_pointer(t)))
+                .collect();
+            if pointer.chars().count() > MAX_KEY_IN_REASON {
+                pointer = pointer.chars().take(MAX_KEY_IN_REASON).collect::<String>() + "…";
+            }
+            *dup = Some(pointer);
+        }
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Walk<'_> {
+    type Value = Value;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Walk<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        serde::de::DeserializeSeed::deserialize(self, d)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        loop {
+            self.path.borrow_mut().push(items.len().to_string());
+            let next = seq.next_element_seed(self);
+            self.path.borrow_mut().pop();
+            match next? {
+                Some(item) => items.push(item),
+                None => return Ok(Value::Array(items)),
+            }
+        }
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut object = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if object.contains_key(&key) {
+                self.note_duplicate(&key);
+            }
+            self.path.borrow_mut().push(key.clone());
+            let value = map.next_value_seed(self);
+            self.path.borrow_mut().pop();
+            object.insert(key, value?);
+        }
+        Ok(Value::Object(object))
+    }
+}
+
+/// Bytes of `value` serialized as compact JSON, without building the text.
+fn serialized_size(value: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing a Value to an infallible writer cannot fail.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
 }
 
 fn inbound_index(kind: InboundKind) -> usize {
@@ -293,6 +464,59 @@ mod tests {
             walk(&doc, "", &mut missing);
             assert!(missing.is_empty(), "{name}: undescribed {missing:?}");
         }
+    }
+
+    #[test]
+    fn schema_duplicate_keys_are_found_at_any_depth() {
+        let doc =
+            parse_document(br#"{"a": 1, "b": {"c": [1, {"d": 1, "d": 2}]}, "a": 3}"#).unwrap();
+        assert_eq!(
+            doc.duplicate_key.as_deref(),
+            Some("/b/c/1/d"),
+            "the first one, by pointer"
+        );
+        assert_eq!(
+            doc.value,
+            json!({"a": 3, "b": {"c": [1, {"d": 2}]}}),
+            "last wins, as serde_json"
+        );
+        let reason = doc.duplicate_reason().unwrap();
+        assert!(reason.starts_with("/b/c/1/d: "), "{reason}");
+        let clean = parse_document(br#"{"a": [1.5, -2, null, true, "x"], "b": {}}"#).unwrap();
+        assert_eq!(clean.duplicate_key, None);
+        assert_eq!(
+            clean.value,
+            serde_json::from_str::<Value>(r#"{"a": [1.5, -2, null, true, "x"], "b": {}}"#).unwrap()
+        );
+        assert!(parse_document(b"{\"a\": 1} trailing").is_err());
+        assert!(parse_document(b"{\"a\": ").is_err());
+        let long = format!(r#"{{"{k}": 1, "{k}": 2}}"#, k = "k".repeat(500));
+        let doc = parse_document(long.as_bytes()).unwrap();
+        assert!(doc.duplicate_key.unwrap().chars().count() <= MAX_KEY_IN_REASON + 1);
+    }
+
+    #[test]
+    fn schema_context_is_capped_in_total() {
+        let schemas = Schemas::load().unwrap();
+        let mut body = json!({
+            "org_id": "acme", "conversation_id": "c1", "mode": "ticket",
+            "customer": {"id": "u1"}, "requested_at": "2026-11-21T10:00:00Z",
+            "context": {}
+        });
+        // Each value within its cap, the sum over the total.
+        for i in 0..8 {
+            body["context"][format!("k{i}")] = json!("v".repeat(3000));
+        }
+        let err = schemas
+            .validate_inbound(InboundKind::EscalationRequested, &body)
+            .unwrap_err();
+        assert!(err.starts_with("/context: is "), "{err}");
+        assert!(err.contains("16384"), "{err}");
+        body["context"] = json!({"plan": "pro"});
+        assert_eq!(
+            schemas.validate_inbound(InboundKind::EscalationRequested, &body),
+            Ok(())
+        );
     }
 
     #[test]

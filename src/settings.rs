@@ -38,7 +38,7 @@ pub struct Settings {
     #[arg(long, env = "ESCALATOR_INLINE_ATTEMPTS", default_value_t = 4)]
     pub inline_attempts: u32,
     /// Longest Retry-After honoured by waiting in process; longer waits use the retry queue.
-    #[arg(long, env = "ESCALATOR_MAX_INLINE_WAIT_MS", default_value_t = 30_000)]
+    #[arg(long, env = "ESCALATOR_MAX_INLINE_WAIT_MS", default_value_t = 2_000)]
     pub max_inline_wait_ms: u64,
     /// Rounds through the broker's retry queue before a transient failure is dead-lettered.
     #[arg(long, env = "ESCALATOR_BROKER_ATTEMPTS", default_value_t = 6)]
@@ -64,6 +64,20 @@ pub struct Settings {
     /// How long conversation state and dedupe records live in Redis, in days.
     #[arg(long, env = "ESCALATOR_STATE_TTL_DAYS", default_value_t = 90)]
     pub state_ttl_days: u64,
+    /// Messages of one org processed at the same time by one worker (its
+    /// share of ESCALATOR_CONCURRENCY); default: half of it, at least 1.
+    #[arg(long, env = "ESCALATOR_ORG_CONCURRENCY")]
+    pub org_concurrency: Option<usize>,
+    /// Lifetime of a conversation's lease (one runner at a time, fleet-wide),
+    /// renewed every third of it while the runner works. Must exceed the HTTP
+    /// timeout, so that a lost runner's last request has ended before another
+    /// runner looks. Default: ESCALATOR_HTTP_TIMEOUT_MS + 5000.
+    #[arg(long, env = "ESCALATOR_LEASE_TTL_MS")]
+    pub lease_ttl_ms: Option<u64>,
+    /// Longest wait for the broker to confirm a publish; then the AMQP
+    /// session is torn down and rebuilt.
+    #[arg(long, env = "ESCALATOR_CONFIRM_TIMEOUT_MS", default_value_t = 15_000)]
+    pub confirm_timeout_ms: u64,
 }
 
 /// Where RabbitMQ is: `topology`, `demo`, `bench`.
@@ -165,8 +179,25 @@ impl Settings {
         if self.delivery_limit == 0 {
             problems.push("ESCALATOR_DELIVERY_LIMIT must be at least 1");
         }
+        if self
+            .org_concurrency
+            .is_some_and(|n| n == 0 || n > self.concurrency)
+        {
+            problems.push("ESCALATOR_ORG_CONCURRENCY must be between 1 and ESCALATOR_CONCURRENCY");
+        }
         if self.key_prefix.is_empty() || self.key_prefix.contains(['{', '}', ' ']) {
             problems.push("ESCALATOR_KEY_PREFIX must be non-empty, without braces or spaces");
+        }
+        let lease_problem = format!(
+            "ESCALATOR_LEASE_TTL_MS ({}) must exceed ESCALATOR_HTTP_TIMEOUT_MS ({})",
+            self.lease_ttl().as_millis(),
+            self.http_timeout_ms
+        );
+        if self.lease_ttl() <= Duration::from_millis(self.http_timeout_ms) {
+            problems.push(&lease_problem);
+        }
+        if self.confirm_timeout_ms == 0 {
+            problems.push("ESCALATOR_CONFIRM_TIMEOUT_MS must be at least 1");
         }
         if problems.is_empty() {
             Ok(())
@@ -175,12 +206,39 @@ impl Settings {
         }
     }
 
+    /// `ESCALATOR_LEASE_TTL_MS`, or the HTTP timeout + 5 s.
+    pub fn lease_ttl(&self) -> Duration {
+        Duration::from_millis(
+            self.lease_ttl_ms
+                .unwrap_or(self.http_timeout_ms.saturating_add(5_000)),
+        )
+    }
+
+    pub fn confirm_timeout(&self) -> Duration {
+        Duration::from_millis(self.confirm_timeout_ms)
+    }
+
+    /// A parked head this long past its due time is taken to be lost (the
+    /// broker dead-lettered it, e.g. at its delivery limit) and dropped from
+    /// its conversation's parked list, so that its followers run: three
+    /// retry delays, at least one minute.
+    pub fn overdue_grace(&self) -> Duration {
+        (self.retry_delay() * 3).max(Duration::from_secs(60))
+    }
+
     pub fn retry_delay(&self) -> Duration {
         Duration::from_millis(self.retry_delay_ms)
     }
 
     pub fn max_inline_wait(&self) -> Duration {
         Duration::from_millis(self.max_inline_wait_ms)
+    }
+
+    /// Each org's share of the worker's concurrency.
+    pub fn org_concurrency(&self) -> usize {
+        self.org_concurrency
+            .unwrap_or(self.concurrency / 2)
+            .clamp(1, self.concurrency.max(1))
     }
 
     pub fn state_ttl(&self) -> Duration {
@@ -245,11 +303,31 @@ mod tests {
         assert!(s.validate().is_ok());
         s.shards = 0;
         s.prefetch = 0;
+        s.lease_ttl_ms = Some(s.http_timeout_ms);
         let err = s.validate().unwrap_err();
         assert!(
-            err.contains("ESCALATOR_SHARDS") && err.contains("ESCALATOR_PREFETCH"),
+            err.contains("ESCALATOR_SHARDS")
+                && err.contains("ESCALATOR_PREFETCH")
+                && err.contains("ESCALATOR_LEASE_TTL_MS"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn each_org_gets_half_the_concurrency_unless_told() {
+        let mut s = Settings::from_env().unwrap();
+        s.concurrency = 32;
+        s.org_concurrency = None;
+        assert_eq!(s.org_concurrency(), 16);
+        s.concurrency = 1;
+        assert_eq!(s.org_concurrency(), 1);
+        s.concurrency = 8;
+        s.org_concurrency = Some(9);
+        let err = s.validate().unwrap_err();
+        assert!(err.contains("ESCALATOR_ORG_CONCURRENCY"), "{err}");
+        s.org_concurrency = Some(8);
+        assert!(s.validate().is_ok());
+        assert_eq!(s.org_concurrency(), 8);
     }
 
     #[test]

@@ -5,11 +5,16 @@
 //!
 //! | key | type | content | TTL |
 //! |---|---|---|---|
-//! | `P:conv:{T}` | hash | `record` (JSON [`ConversationRecord`]), `seq` (last outbound seq) | state TTL |
+//! | `P:conv:{T}` | hash | `record` (JSON [`ConversationRecord`] + `version`), `seq` (last outbound seq), `lease_gen` | state TTL |
 //! | `P:conv:{T}:events` | hash | `{message_id}/{type}` -> `seq:occurred_at_ms` of each outbound event | state TTL |
 //! | `P:conv:{T}:done:{message_id}` | string | inbound message fully handled (dedupe) | state TTL |
 //! | `P:conv:{T}:attempt:{what}` | string | time an effect was first attempted (crash guard) | state TTL |
 //! | `P:conv:{T}:parked` | list | message ids waiting in the retry queue, oldest first | 2 h, refreshed by the head |
+//! | `P:conv:{T}:parked:due` | hash | parked message id -> time it is due back (ms) | as the parked list |
+//! | `P:conv:{T}:lease` | string | `generation:owner` of the runner handling the conversation | lease TTL, renewed |
+//!
+//! The conversation hash also holds `lease_gen`, the last lease generation
+//! (the fencing token checked by COMMIT and FINISH).
 use crate::contract::{ExternalKind, Mode, ProviderKind};
 use crate::error::InfraError;
 use chrono::{DateTime, Utc};
@@ -65,6 +70,8 @@ pub enum Admission {
     Head,
     /// An older message of the conversation is parked: wait behind it.
     Wait,
+    /// Another runner holds the conversation's lease: wait for it to end.
+    Busy,
 }
 
 /// Handle to the state store. Cheap to clone; reconnects by itself.
@@ -75,17 +82,42 @@ pub struct Store {
     ttl_secs: i64,
 }
 
-/// Start handling a message: is it done already? may it run now (parked
-/// messages of its conversation)? and the conversation record, in one trip.
-/// KEYS: done marker, parked list, conversation hash. ARGV: message id, TTL.
-/// Returns {done, admission (0 proceed, 1 head, 2 wait), record or false}.
+/// Start handling a message, in one trip: is it done already? is the
+/// conversation's lease held by another runner? may it run now (parked
+/// messages of its conversation; a head overdue by more than the grace is
+/// dropped so that its followers run)? If it may run, take the lease: a new
+/// generation (the fencing token) and `gen:owner` in the lease key with the
+/// lease TTL. And the conversation record.
+/// KEYS: done marker, parked list, conversation hash, lease, parked due times.
+/// ARGV: message id, parked TTL (s), owner, lease TTL (ms), now (ms),
+/// overdue grace (ms), state TTL (s).
+/// Returns {done, admission (0 proceed, 1 head, 2 wait, 3 busy), record or
+/// false, lease generation (0: none taken), head due (ms, 0: none), heads
+/// dropped, lease PTTL when busy}.
 const BEGIN: &str = r#"
-if redis.call('EXISTS', KEYS[1]) == 1 then return {1, 0, false} end
-local admission = 0
+if redis.call('EXISTS', KEYS[1]) == 1 then return {1, 0, false, 0, 0, 0, 0} end
+if redis.call('EXISTS', KEYS[4]) == 1 then
+  return {0, 3, false, 0, 0, 0, redis.call('PTTL', KEYS[4])}
+end
+local now = tonumber(ARGV[5])
+local dropped = 0
 local head = redis.call('LINDEX', KEYS[2], 0)
+while head and head ~= ARGV[1] do
+  -- A head long past its due time is not coming back (the broker
+  -- dead-lettered it, or the retry queue lost it): let its followers run.
+  local due = tonumber(redis.call('HGET', KEYS[5], head))
+  if not due or now <= due + tonumber(ARGV[6]) then break end
+  redis.call('LPOP', KEYS[2])
+  redis.call('HDEL', KEYS[5], head)
+  dropped = dropped + 1
+  head = redis.call('LINDEX', KEYS[2], 0)
+end
+local admission = 0
+local due = 0
 if head then
   if head == ARGV[1] then
     admission = 1
+    due = tonumber(redis.call('HGET', KEYS[5], head)) or 0
   else
     admission = 2
     if not redis.call('LPOS', KEYS[2], ARGV[1]) then
@@ -96,25 +128,63 @@ if head then
     end
   end
 end
-return {0, admission, redis.call('HGET', KEYS[3], 'record')}
+local gen = 0
+if admission ~= 2 then
+  gen = redis.call('HINCRBY', KEYS[3], 'lease_gen', 1)
+  if redis.call('TTL', KEYS[3]) < 0 then redis.call('EXPIRE', KEYS[3], ARGV[7]) end
+  redis.call('SET', KEYS[4], gen .. ':' .. ARGV[3], 'PX', ARGV[4])
+end
+return {0, admission, redis.call('HGET', KEYS[3], 'record'), gen, due, dropped, 0}
 "#;
 
+/// KEYS: parked list, parked due times. ARGV: message id, parked TTL (s),
+/// due time (ms, 0: none). Returns 1 when the message is the head.
 const PARK: &str = r#"
 if not redis.call('LPOS', KEYS[1], ARGV[1]) then
   redis.call('RPUSH', KEYS[1], ARGV[1])
 end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
+if ARGV[3] ~= '0' then
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+  redis.call('EXPIRE', KEYS[2], ARGV[2])
+end
 return redis.call('LINDEX', KEYS[1], 0) == ARGV[1] and 1 or 0
 "#;
 
+/// The fencing check shared by COMMIT and FINISH (lease key `L`, conversation
+/// hash `C`, lease value `V`, generation `G`): the runner still holds the
+/// lease, or its lease expired and nobody took the conversation since (the
+/// generation did not move).
+macro_rules! fenced_off {
+    ($l:literal, $c:literal, $v:literal, $g:literal) => {
+        concat!(
+            "local cur = redis.call('GET', ",
+            $l,
+            ")\n",
+            "if cur ~= ",
+            $v,
+            " and (cur or redis.call('HGET', ",
+            $c,
+            ", 'lease_gen') ~= ",
+            $g,
+            ") then\n"
+        )
+    };
+}
+
 /// Record the effect's outcome and give its outbound events their seq, in
-/// one trip. KEYS: conversation hash, events hash. ARGV: TTL, now (ms),
-/// record JSON or "", then one `{cause}/{type}` per event.
+/// one trip, if the runner is not fenced off. KEYS: conversation hash,
+/// events hash, lease. ARGV: TTL, now (ms), record JSON or "", lease value,
+/// lease generation, then one event key per event.
 /// An event keeps the seq and time it got the first time.
-const COMMIT: &str = r#"
+/// Returns {"fenced"} or {"ok", "seq:ms"...}.
+const COMMIT: &str = concat!(
+    fenced_off!("KEYS[3]", "KEYS[1]", "ARGV[4]", "ARGV[5]"),
+    r#"  return {'fenced'}
+end
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'record', ARGV[3]) end
-local out = {}
-for i = 4, #ARGV do
+local out = {'ok'}
+for i = 6, #ARGV do
   local v = redis.call('HGET', KEYS[2], ARGV[i])
   if not v then
     v = redis.call('HINCRBY', KEYS[1], 'seq', 1) .. ':' .. ARGV[2]
@@ -123,8 +193,52 @@ for i = 4, #ARGV do
   out[#out + 1] = v
 end
 redis.call('EXPIRE', KEYS[1], ARGV[1])
-if #ARGV >= 4 then redis.call('EXPIRE', KEYS[2], ARGV[1]) end
+if #ARGV >= 6 then redis.call('EXPIRE', KEYS[2], ARGV[1]) end
 return out
+"#
+);
+
+/// The message is finished, if the runner is not fenced off: mark it done
+/// (when asked), take it off the parked list and release the lease.
+/// KEYS: done marker, parked list, lease, conversation hash, parked due times.
+/// ARGV: message id, done (1/0), TTL (s), lease value, lease generation,
+/// now (ms). Returns 1, or 0 when fenced off.
+const FINISH: &str = concat!(
+    fenced_off!("KEYS[3]", "KEYS[4]", "ARGV[4]", "ARGV[5]"),
+    r#"  return 0
+end
+if ARGV[2] == '1' then redis.call('SET', KEYS[1], ARGV[6], 'EX', ARGV[3]) end
+redis.call('LREM', KEYS[2], 1, ARGV[1])
+redis.call('HDEL', KEYS[5], ARGV[1])
+if cur then redis.call('DEL', KEYS[3]) end
+return 1
+"#
+);
+
+/// Take a conversation's lease alone (no message bookkeeping), for work that
+/// is not an ordinary message run (rejections). KEYS: lease, conversation
+/// hash. ARGV: owner, TTL (ms), state TTL (s). Returns {generation, 0} or,
+/// when held by another runner, {0, its PTTL}.
+const ACQUIRE: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then return {0, redis.call('PTTL', KEYS[1])} end
+local gen = redis.call('HINCRBY', KEYS[2], 'lease_gen', 1)
+if redis.call('TTL', KEYS[2]) < 0 then redis.call('EXPIRE', KEYS[2], ARGV[3]) end
+redis.call('SET', KEYS[1], gen .. ':' .. ARGV[1], 'PX', ARGV[2])
+return {gen, 0}
+"#;
+
+/// KEYS: lease. ARGV: lease value, TTL (ms). Extends the lease if still held.
+const RENEW: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"#;
+
+/// KEYS: lease. ARGV: lease value. Releases the lease if still held.
+const RELEASE: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
 "#;
 
 /// Lifetime of a conversation's parked list, refreshed by its head each time
@@ -136,10 +250,79 @@ pub const PARKED_TTL_SECS: i64 = 2 * MAX_BROKER_BACKOFF_SECS as i64;
 /// The longest wait between two broker retry rounds.
 pub const MAX_BROKER_BACKOFF_SECS: u64 = 3600;
 
+/// Version of the stored conversation record. A record of a newer version
+/// (written by a newer escalator) is not read: [`InfraError::NewerRecord`].
+pub const RECORD_VERSION: u32 = 1;
+
 // Compiled once: a Script hashes its source (EVALSHA) when it is made.
 static BEGIN_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(BEGIN));
 static PARK_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(PARK));
 static COMMIT_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(COMMIT));
+static FINISH_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(FINISH));
+static RENEW_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(RENEW));
+static RELEASE_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(RELEASE));
+static ACQUIRE_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(ACQUIRE));
+
+/// Who asks for a conversation's lease, and on what terms.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    /// The runner: instance id (unique per process).
+    pub owner: String,
+    /// The lease lives this long unless renewed.
+    pub ttl: Duration,
+    /// A parked head this far past its due time is dropped from the list.
+    pub overdue_grace: Duration,
+}
+
+/// A conversation's lease, held by one runner. `generation` is the fencing
+/// token: it grows with every acquisition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub org_id: String,
+    pub conversation_id: String,
+    pub generation: u64,
+    /// The stored value, `generation:owner`, unique per acquisition.
+    value: String,
+}
+
+#[derive(Serialize)]
+struct VersionedRecord<'a> {
+    version: u32,
+    #[serde(flatten)]
+    record: &'a ConversationRecord,
+}
+
+#[derive(Deserialize)]
+struct RecordVersion {
+    #[serde(default = "first_version")]
+    version: u32,
+}
+
+fn first_version() -> u32 {
+    1
+}
+
+/// Read a stored record: its version first (a record without one is version 1).
+fn read_record(org: &str, conv: &str, text: &str) -> Result<ConversationRecord, InfraError> {
+    let corrupt = |e: serde_json::Error| {
+        // Position and category only: the serde message may quote stored values.
+        InfraError::Corrupt(format!(
+            "conversation record of {org}/{conv}: {:?} error at line {}, column {}",
+            e.classify(),
+            e.line(),
+            e.column()
+        ))
+    };
+    let v: RecordVersion = serde_json::from_str(text).map_err(corrupt)?;
+    if v.version > RECORD_VERSION {
+        return Err(InfraError::NewerRecord {
+            what: format!("conversation record of {org}/{conv}"),
+            found: v.version,
+            supported: RECORD_VERSION,
+        });
+    }
+    serde_json::from_str(text).map_err(corrupt)
+}
 
 /// What [`Store::begin`] found.
 #[derive(Debug, Clone, PartialEq)]
@@ -148,6 +331,14 @@ pub struct Begin {
     pub done: bool,
     pub admission: Admission,
     pub record: Option<ConversationRecord>,
+    /// The lease, taken when the message may run (`Proceed` or `Head`).
+    pub lease: Option<Lease>,
+    /// When the head is due back (the time it was parked with), if known.
+    pub due: Option<DateTime<Utc>>,
+    /// Parked heads dropped because they were overdue by more than the grace.
+    pub dropped_heads: u32,
+    /// `Busy`: how long the other runner's lease still lives.
+    pub busy_for: Option<Duration>,
 }
 
 impl Store {
@@ -200,69 +391,169 @@ impl Store {
             .map(|_| ())
     }
 
-    /// Is the message done? May it run? And the conversation record.
+    /// Is the message done? Is the conversation busy elsewhere? May it run
+    /// (then its lease is taken)? And the conversation record.
     pub async fn begin(
         &self,
         org: &str,
         conv: &str,
         message_id: &str,
+        claim: &Claim,
     ) -> Result<Begin, InfraError> {
         let mut c = self.conn.clone();
-        let (done, admission, record): (i64, i64, Option<String>) = BEGIN_SCRIPT
-            .key(self.key(org, conv, &format!(":done:{message_id}")))
-            .key(self.key(org, conv, ":parked"))
-            .key(self.key(org, conv, ""))
-            .arg(message_id)
-            .arg(PARKED_TTL_SECS)
-            .invoke_async(&mut c)
-            .await?;
-        let record = record
-            .map(|r| {
-                serde_json::from_str(&r).map_err(|e| {
-                    InfraError::Corrupt(format!("conversation record of {org}/{conv}: {e}"))
-                })
-            })
-            .transpose()?;
+        type Reply = (i64, i64, Option<String>, u64, i64, u32, i64);
+        let (done, admission, record, generation, due, dropped_heads, busy_ms): Reply =
+            BEGIN_SCRIPT
+                .key(self.key(org, conv, &format!(":done:{message_id}")))
+                .key(self.key(org, conv, ":parked"))
+                .key(self.key(org, conv, ""))
+                .key(self.key(org, conv, ":lease"))
+                .key(self.key(org, conv, ":parked:due"))
+                .arg(message_id)
+                .arg(PARKED_TTL_SECS)
+                .arg(&claim.owner)
+                .arg(claim.ttl.as_millis().max(1) as u64)
+                .arg(Utc::now().timestamp_millis())
+                .arg(claim.overdue_grace.as_millis() as u64)
+                .arg(self.ttl_secs)
+                .invoke_async(&mut c)
+                .await?;
+        let record = record.map(|r| read_record(org, conv, &r)).transpose()?;
+        let admission = match admission {
+            0 => Admission::Proceed,
+            1 => Admission::Head,
+            2 => Admission::Wait,
+            _ => Admission::Busy,
+        };
         Ok(Begin {
             done: done == 1,
-            admission: match admission {
-                0 => Admission::Proceed,
-                1 => Admission::Head,
-                _ => Admission::Wait,
-            },
+            admission,
             record,
+            lease: (generation > 0).then(|| Lease {
+                org_id: org.to_string(),
+                conversation_id: conv.to_string(),
+                generation,
+                value: format!("{generation}:{}", claim.owner),
+            }),
+            due: (due > 0)
+                .then(|| DateTime::from_timestamp_millis(due))
+                .flatten(),
+            dropped_heads,
+            busy_for: (admission == Admission::Busy)
+                .then(|| Duration::from_millis(busy_ms.max(0) as u64)),
         })
     }
 
-    /// Save the conversation record (when given) and assign the seq and time
-    /// of each outbound event `event_types` caused by inbound `cause`:
-    /// assigned once, the same on every retry or replay.
-    pub async fn commit(
+    /// Take the conversation's lease without running a message: `Ok(lease)`,
+    /// or `Err(time left)` of the runner holding it.
+    pub async fn acquire_lease(
         &self,
         org: &str,
         conv: &str,
-        cause: &str,
+        claim: &Claim,
+    ) -> Result<Result<Lease, Duration>, redis::RedisError> {
+        let mut c = self.conn.clone();
+        let (generation, busy_ms): (u64, i64) = ACQUIRE_SCRIPT
+            .key(self.key(org, conv, ":lease"))
+            .key(self.key(org, conv, ""))
+            .arg(&claim.owner)
+            .arg(claim.ttl.as_millis().max(1) as u64)
+            .arg(self.ttl_secs)
+            .invoke_async(&mut c)
+            .await?;
+        if generation == 0 {
+            return Ok(Err(Duration::from_millis(busy_ms.max(0) as u64)));
+        }
+        Ok(Ok(Lease {
+            org_id: org.to_string(),
+            conversation_id: conv.to_string(),
+            generation,
+            value: format!("{generation}:{}", claim.owner),
+        }))
+    }
+
+    /// Extend the lease by `ttl`. False when it is no longer held (expired,
+    /// or taken by another runner).
+    pub async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<bool, redis::RedisError> {
+        let mut c = self.conn.clone();
+        let renewed: i64 = RENEW_SCRIPT
+            .key(self.lease_key(lease))
+            .arg(&lease.value)
+            .arg(ttl.as_millis().max(1) as u64)
+            .invoke_async(&mut c)
+            .await?;
+        Ok(renewed == 1)
+    }
+
+    /// Give the lease up early (the message was parked, or the attempt failed
+    /// with nothing in flight at the provider). A no-op if no longer held.
+    pub async fn release(&self, lease: &Lease) -> Result<(), redis::RedisError> {
+        let mut c = self.conn.clone();
+        RELEASE_SCRIPT
+            .key(self.lease_key(lease))
+            .arg(&lease.value)
+            .invoke_async::<i64>(&mut c)
+            .await
+            .map(|_| ())
+    }
+
+    fn lease_key(&self, lease: &Lease) -> String {
+        self.key(&lease.org_id, &lease.conversation_id, ":lease")
+    }
+
+    fn fenced(lease: &Lease) -> InfraError {
+        InfraError::Fenced {
+            org_id: lease.org_id.clone(),
+            conversation_id: lease.conversation_id.clone(),
+            generation: lease.generation,
+        }
+    }
+
+    /// Save the conversation record (when given) and assign the seq and time
+    /// of each outbound event, named by its key (`{cause}/{type}`): assigned
+    /// once, the same on every retry or replay. Refused with
+    /// [`InfraError::Fenced`] (nothing written) when another runner took the
+    /// conversation's lease since `lease` was acquired.
+    pub async fn commit(
+        &self,
+        lease: &Lease,
         record: Option<&ConversationRecord>,
-        event_types: &[&str],
+        event_keys: &[String],
     ) -> Result<Vec<(u64, DateTime<Utc>)>, InfraError> {
+        let (org, conv) = (lease.org_id.as_str(), lease.conversation_id.as_str());
         let record = match record {
-            Some(r) => serde_json::to_string(r)
-                .map_err(|e| InfraError::Corrupt(format!("serialize record: {e}")))?,
+            Some(r) => serde_json::to_string(&VersionedRecord {
+                version: RECORD_VERSION,
+                record: r,
+            })
+            .map_err(|e| InfraError::Corrupt(format!("serialize record: {:?}", e.classify())))?,
             None => String::new(),
         };
         let mut script = COMMIT_SCRIPT.prepare_invoke();
         script
             .key(self.key(org, conv, ""))
             .key(self.key(org, conv, ":events"))
+            .key(self.lease_key(lease))
             .arg(self.ttl_secs)
             .arg(Utc::now().timestamp_millis())
-            .arg(record);
-        for t in event_types {
-            script.arg(format!("{cause}/{t}"));
+            .arg(record)
+            .arg(&lease.value)
+            .arg(lease.generation);
+        for k in event_keys {
+            script.arg(k);
         }
         let mut c = self.conn.clone();
         let values: Vec<String> = script.invoke_async(&mut c).await?;
-        values
+        match values.first().map(String::as_str) {
+            Some("ok") => {}
+            Some("fenced") => return Err(Self::fenced(lease)),
+            _ => {
+                return Err(InfraError::Corrupt(format!(
+                    "unexpected commit reply for {org}/{conv}"
+                )));
+            }
+        }
+        values[1..]
             .iter()
             .map(|v| {
                 let corrupt = || InfraError::Corrupt(format!("outbound seq of {org}/{conv}: {v}"));
@@ -278,29 +569,37 @@ impl Store {
             .collect()
     }
 
-    /// The message is finished: take it off the parked list and, when `done`,
-    /// mark it handled (a dead-lettered message is not done: a replay runs again).
+    /// The message is finished: take it off the parked list, release the
+    /// lease and, when `done`, mark it handled (a dead-lettered message is
+    /// not done: a replay runs again). Refused with [`InfraError::Fenced`]
+    /// (nothing written) when another runner took the conversation since.
     pub async fn finish(
         &self,
-        org: &str,
-        conv: &str,
+        lease: &Lease,
         message_id: &str,
         done: bool,
-    ) -> Result<(), redis::RedisError> {
+    ) -> Result<(), InfraError> {
+        let (org, conv) = (lease.org_id.as_str(), lease.conversation_id.as_str());
         let mut c = self.conn.clone();
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        if done {
-            pipe.set_ex(
-                self.key(org, conv, &format!(":done:{message_id}")),
-                Utc::now().timestamp_millis(),
-                self.ttl_secs as u64,
-            )
-            .ignore();
+        let finished: i64 = FINISH_SCRIPT
+            .key(self.key(org, conv, &format!(":done:{message_id}")))
+            .key(self.key(org, conv, ":parked"))
+            .key(self.lease_key(lease))
+            .key(self.key(org, conv, ""))
+            .key(self.key(org, conv, ":parked:due"))
+            .arg(message_id)
+            .arg(if done { 1 } else { 0 })
+            .arg(self.ttl_secs)
+            .arg(&lease.value)
+            .arg(lease.generation)
+            .arg(Utc::now().timestamp_millis())
+            .invoke_async(&mut c)
+            .await?;
+        if finished == 1 {
+            Ok(())
+        } else {
+            Err(Self::fenced(lease))
         }
-        pipe.lrem(self.key(org, conv, ":parked"), 1, message_id)
-            .ignore();
-        pipe.query_async::<()>(&mut c).await
     }
 
     /// Record that an effect is about to be attempted. Returns the time of an
@@ -328,19 +627,24 @@ impl Store {
         Ok(previous.and_then(DateTime::from_timestamp_millis))
     }
 
-    /// Add `message_id` to the conversation's parked list (if absent).
+    /// Add `message_id` to the conversation's parked list (if absent), with
+    /// the time it is due back (kept with the list: a retry of a failed park
+    /// never runs before it, and a head long overdue is dropped).
     /// Returns whether it is the head of the list.
     pub async fn park(
         &self,
         org: &str,
         conv: &str,
         message_id: &str,
+        due: Option<DateTime<Utc>>,
     ) -> Result<bool, redis::RedisError> {
         let mut c = self.conn.clone();
         let head: i64 = PARK_SCRIPT
             .key(self.key(org, conv, ":parked"))
+            .key(self.key(org, conv, ":parked:due"))
             .arg(message_id)
             .arg(PARKED_TTL_SECS)
+            .arg(due.map_or(0, |t| t.timestamp_millis().max(1)))
             .invoke_async(&mut c)
             .await?;
         Ok(head == 1)

@@ -27,6 +27,12 @@ pub const DEAD_LETTER_EXCHANGE: &str = "escalator.dead-letter";
 pub const DEAD_LETTER_QUEUE: &str = "escalator.dead-letter";
 /// Unrouted outbound events kept at most (oldest dropped first).
 pub const UNROUTED_MAX_LENGTH: i64 = 100_000;
+/// Dead letters kept at most. A full dead-letter queue refuses new ones
+/// (`reject-publish`): the failing message stays in its own queue, nothing is
+/// dropped, and the worker logs an error until the queue is drained.
+pub const DEAD_LETTER_MAX_LENGTH: i64 = 100_000;
+/// Total body bytes of dead letters kept at most (same overflow behaviour).
+pub const DEAD_LETTER_MAX_BYTES: i64 = 1 << 30;
 
 /// The routing key of shard `n` on `escalator.work`.
 pub fn shard_key(n: u16) -> String {
@@ -168,7 +174,15 @@ impl Topology {
         bindings.push(bind(RETRY_EXCHANGE, RETRY_QUEUE, ""));
         queues.push(QueueDef {
             name: DEAD_LETTER_QUEUE.to_string(),
-            args: vec![("x-queue-type", Arg::Str("quorum"))],
+            args: vec![
+                ("x-queue-type", Arg::Str("quorum")),
+                ("x-max-length", Arg::Int(DEAD_LETTER_MAX_LENGTH)),
+                ("x-max-length-bytes", Arg::Int(DEAD_LETTER_MAX_BYTES)),
+                // Never drop a dead letter: refuse the publish (our own dead
+                // letters stay in their queue; broker dead-lettering, being
+                // at-least-once, keeps them in the source queue).
+                ("x-overflow", Arg::Str("reject-publish")),
+            ],
         });
         bindings.push(bind(DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE, ""));
         queues.push(QueueDef {
@@ -318,5 +332,11 @@ mod tests {
             .find(|e| e["name"] == OUTBOUND_EXCHANGE)
             .unwrap();
         assert_eq!(out["arguments"]["alternate-exchange"], UNROUTED_EXCHANGE);
+        let dlq = queues
+            .iter()
+            .find(|q| q["name"] == DEAD_LETTER_QUEUE)
+            .unwrap();
+        assert_eq!(dlq["arguments"]["x-max-length"], DEAD_LETTER_MAX_LENGTH);
+        assert_eq!(dlq["arguments"]["x-overflow"], "reject-publish");
     }
 }

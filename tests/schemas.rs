@@ -8,8 +8,8 @@ use chrono::{TimeZone, Utc};
 use escalator::contract::{
     AgentJoined, AgentLeft, AgentMessage, AgentTyping, Assignment, ClosedBy, ConversationClosed,
     Customer, CustomerEnded, CustomerMessage, CustomerTyping, EscalationCreated, EscalationFailed,
-    EscalationQueued, EscalationRequested, ExternalKind, InboundEvent, InboundKind, Mode,
-    OutboundEvent, OutboundPayload, ProviderKind, Role, TranscriptEntry, Webhook,
+    EscalationQueued, EscalationRequested, ExternalKind, FailureCode, InboundEvent, InboundKind,
+    Mode, OutboundEvent, OutboundPayload, ProviderKind, Role, TranscriptEntry, Webhook,
 };
 use escalator::error::ErrorClass;
 use escalator::schema::Schemas;
@@ -127,7 +127,7 @@ fn outbound_examples_validate_and_round_trip() {
 }
 
 /// Invalid example -> a path its reason must name.
-const INVALID: [(&str, &str); 7] = [
+const INVALID: [(&str, &str); 9] = [
     (
         "missing-conversation-id.customer.message",
         "/conversation_id",
@@ -138,6 +138,8 @@ const INVALID: [(&str, &str); 7] = [
     ("bad-sent-at.customer.message", "/sent_at"),
     ("bad-closed-by.outbound", "/data/closed_by"),
     ("seq-zero.outbound", "/seq"),
+    ("too-many-context-keys.escalation.requested", "/context"),
+    ("unknown-code.outbound", "/data/code"),
 ];
 
 // (c)
@@ -256,11 +258,13 @@ fn every_rust_outbound_payload_validates() {
         }),
         OutboundPayload::EscalationFailed(EscalationFailed {
             reason: "could not create the case".into(),
+            code: FailureCode::ProviderRejected,
             error_class: ErrorClass::Permanent,
             failed_event: InboundKind::EscalationRequested.routing_key().into(),
         }),
         OutboundPayload::EscalationFailed(EscalationFailed {
             reason: "the provider is unavailable".into(),
+            code: FailureCode::ProviderUnavailable,
             error_class: ErrorClass::Transient,
             failed_event: InboundKind::CustomerMessage.routing_key().into(),
         }),
@@ -309,19 +313,89 @@ fn every_rust_outbound_payload_validates() {
     for t in OUTBOUND_TYPES {
         assert!(types.contains(&t), "no Rust payload for {t}");
     }
-    // Every failed_event the Rust side can name is allowed.
+    // Every failed_event and every code the Rust side can name is allowed,
+    // and the schema documents each code.
+    let schema: Value = serde_json::from_str(Schemas::outbound_schema_text()).unwrap();
+    let code_doc = schema["$defs"]["escalation_failed"]["properties"]["code"]["description"]
+        .as_str()
+        .unwrap();
     for kind in InboundKind::ALL {
-        let event = outbound(
-            1,
-            OutboundPayload::EscalationFailed(EscalationFailed {
-                reason: "x".into(),
-                error_class: ErrorClass::Permanent,
-                failed_event: kind.routing_key().into(),
-            }),
-        );
-        let value = serde_json::to_value(&event).unwrap();
-        assert_eq!(schemas.validate_outbound(&value), Ok(()), "{kind:?}");
+        for code in FailureCode::ALL {
+            let event = outbound(
+                1,
+                OutboundPayload::EscalationFailed(EscalationFailed {
+                    reason: "x".into(),
+                    code,
+                    error_class: ErrorClass::Permanent,
+                    failed_event: kind.routing_key().into(),
+                }),
+            );
+            let value = serde_json::to_value(&event).unwrap();
+            assert_eq!(
+                schemas.validate_outbound(&value),
+                Ok(()),
+                "{kind:?} {code:?}"
+            );
+            let name = value["data"]["code"].as_str().unwrap().to_string();
+            assert!(
+                code_doc.contains(&format!("'{name}': ")),
+                "{name} is not described"
+            );
+        }
     }
+    let mut no_code = serde_json::to_value(outbound(
+        1,
+        OutboundPayload::EscalationFailed(EscalationFailed {
+            reason: "x".into(),
+            code: FailureCode::InvalidRequest,
+            error_class: ErrorClass::Permanent,
+            failed_event: "customer.message".into(),
+        }),
+    ))
+    .unwrap();
+    no_code["data"].as_object_mut().unwrap().remove("code");
+    let reason = schemas.validate_outbound(&no_code).unwrap_err();
+    assert!(reason.contains("/data/code: is required"), "{reason}");
+}
+
+/// `context` is bounded: keys, key length, string values, and total size.
+#[test]
+fn inbound_context_is_bounded() {
+    let schemas = Schemas::load().unwrap();
+    let with_context = |context: Value| {
+        json!({
+            "org_id": "acme", "conversation_id": "c1", "mode": "ticket",
+            "customer": {"id": "u1"}, "requested_at": "2026-11-21T10:00:00Z",
+            "context": context
+        })
+    };
+    let check = |context: Value| {
+        schemas.validate_inbound(InboundKind::EscalationRequested, &with_context(context))
+    };
+    let keys = |n: usize, value: Value| {
+        Value::Object((0..n).map(|i| (format!("k{i}"), value.clone())).collect())
+    };
+    assert_eq!(check(keys(50, json!("v"))), Ok(()), "50 keys are fine");
+    let err = check(keys(51, json!("v"))).unwrap_err();
+    assert!(err.starts_with("/context: "), "{err}");
+    let err = check(json!({ "k".repeat(129): 1 })).unwrap_err();
+    assert!(
+        err.contains("/context: a property name is invalid"),
+        "{err}"
+    );
+    assert!(!err.contains("kkkk"), "the key itself is data: {err}");
+    assert_eq!(check(json!({"page": "p".repeat(4096)})), Ok(()));
+    let err = check(json!({"page": format!("SECRET{}", "p".repeat(4096))})).unwrap_err();
+    assert!(err.starts_with("/context/page: "), "{err}");
+    assert!(!err.contains("SECRET"), "{err}");
+    // Values within their caps, nested or not, but 5 MB in all (the case).
+    let err = check(json!({"blob": vec!["x".repeat(4000); 1300]})).unwrap_err();
+    assert!(err.starts_with("/context: is 52"), "{err}");
+    assert!(err.contains("more than the 16384 allowed"), "{err}");
+    assert_eq!(
+        check(json!({"nested": {"a": [1, 2, 3]}, "plan": "pro"})),
+        Ok(())
+    );
 }
 
 /// The same check for inbound: Rust-built events, with and without their

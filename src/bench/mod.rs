@@ -9,6 +9,7 @@ mod baseline;
 mod cpu;
 mod isolation;
 mod measure;
+mod memory;
 mod pipeline;
 mod profile;
 mod report;
@@ -31,14 +32,46 @@ fn stage_deadline(count: usize) -> Duration {
         + Duration::from_millis(100).saturating_mul(u32::try_from(count).unwrap_or(u32::MAX))
 }
 
-pub async fn run(settings: Settings, count: usize) -> Result<(), String> {
-    if count == 0 {
-        return Err("--count must be at least 1".into());
+/// What to measure.
+#[derive(Debug, Clone, Copy)]
+pub enum Mode {
+    /// Throughput and latency: `count` messages per stage.
+    Throughput { count: usize },
+    /// Memory (RSS) after 2k, 10k and `conversations` distinct conversations.
+    Memory { conversations: usize },
+}
+
+enum Outcome {
+    Throughput(Box<report::Report>),
+    Memory(memory::MemoryReport),
+}
+
+impl Outcome {
+    fn print(&self) {
+        match self {
+            Outcome::Throughput(r) => r.print(),
+            Outcome::Memory(r) => r.print(),
+        }
+    }
+}
+
+pub async fn run(settings: Settings, mode: Mode) -> Result<(), String> {
+    match mode {
+        Mode::Throughput { count: 0 } => return Err("--count must be at least 1".into()),
+        Mode::Memory { conversations: 0 } => {
+            return Err("--conversations must be at least 1".into());
+        }
+        _ => {}
     }
     if settings.prefetch == 0 || settings.concurrency == 0 || settings.shards == 0 {
         return Err("--prefetch, --concurrency and --shards must be at least 1".into());
     }
-    println!("escalator bench: {count} messages per stage");
+    match mode {
+        Mode::Throughput { count } => println!("escalator bench: {count} messages per stage"),
+        Mode::Memory { conversations } => {
+            println!("escalator bench: memory after up to {conversations} distinct conversations")
+        }
+    }
     let isolation = Isolation::create(&settings).await?;
     let mut settings = settings;
     settings.amqp_url = isolation.amqp_url.clone();
@@ -55,7 +88,7 @@ pub async fn run(settings: Settings, count: usize) -> Result<(), String> {
     );
 
     let outcome = tokio::select! {
-        r = stages(&settings, count) => r,
+        r = stages(&settings, mode) => r,
         r = tokio::signal::ctrl_c() => Err(match r {
             Ok(()) => "interrupted (Ctrl-C): cleaning up".to_string(),
             Err(e) => format!("cannot listen for Ctrl-C: {e}"),
@@ -78,12 +111,21 @@ pub async fn run(settings: Settings, count: usize) -> Result<(), String> {
     }
 }
 
-async fn stages(settings: &Settings, count: usize) -> Result<report::Report, String> {
+async fn stages(settings: &Settings, mode: Mode) -> Result<Outcome, String> {
+    let count = match mode {
+        Mode::Throughput { count } => count,
+        Mode::Memory { conversations } => {
+            println!("\nmemory: starting the simulator and a worker");
+            return memory::run(settings, conversations)
+                .await
+                .map(Outcome::Memory);
+        }
+    };
     println!("\npipeline: starting the simulator and a worker");
     let pipeline = pipeline::run(settings, count).await?;
     println!("\nbaseline: consume -> publish with confirm -> ack, on quorum queues");
     let baseline = baseline::run(settings, count).await?;
-    Ok(report::Report {
+    Ok(Outcome::Throughput(Box::new(report::Report {
         count,
         prefetch: settings.prefetch,
         concurrency: settings.concurrency,
@@ -91,5 +133,5 @@ async fn stages(settings: &Settings, count: usize) -> Result<report::Report, Str
         pipeline,
         baseline,
         peak_rss: report::peak_rss(),
-    })
+    })))
 }

@@ -174,22 +174,38 @@ fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
-/// Peak resident set size of this process (`VmHWM` in /proc/self/status), in bytes.
-#[cfg(target_os = "linux")]
+/// Peak resident set size of this process (`VmHWM`), in bytes.
 pub fn peak_rss() -> Option<u64> {
+    proc_status_kib("VmHWM:").map(|kib| kib * 1024)
+}
+
+/// Current resident set size of this process (`VmRSS`), in bytes.
+pub fn current_rss() -> Option<u64> {
+    proc_status_kib("VmRSS:").map(|kib| kib * 1024)
+}
+
+/// Bytes as MiB, or n/a.
+pub fn mib(bytes: Option<u64>) -> String {
+    bytes.map_or_else(
+        || "n/a".to_string(),
+        |b| format!("{:.1} MiB", b as f64 / 1_048_576.0),
+    )
+}
+
+/// A `kB` field of /proc/self/status.
+#[cfg(target_os = "linux")]
+fn proc_status_kib(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: u64 = line
-        .trim_start_matches("VmHWM:")
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line.trim_start_matches(field)
         .trim()
         .trim_end_matches("kB")
         .trim()
         .parse()
-        .ok()?;
-    Some(kib * 1024)
+        .ok()
 }
 
 #[cfg(not(target_os = "linux"))]
-pub fn peak_rss() -> Option<u64> {
+fn proc_status_kib(_field: &str) -> Option<u64> {
     None
 }

@@ -2,7 +2,7 @@
 use super::meta::{self, Meta};
 use crate::amqp::{PendingConfirm, Publisher};
 use crate::error::InfraError;
-use crate::topology::DEAD_LETTER_EXCHANGE;
+use crate::topology::{DEAD_LETTER_EXCHANGE, DEAD_LETTER_MAX_LENGTH, DEAD_LETTER_QUEUE};
 use chrono::Utc;
 use lapin::BasicProperties;
 
@@ -18,8 +18,32 @@ pub struct Verdict {
     pub stage: &'static str,
 }
 
+/// A dead letter the broker has not confirmed yet.
+pub struct DeadLetterConfirm(PendingConfirm);
+
+impl DeadLetterConfirm {
+    /// Wait for the broker. A nack means the dead-letter queue refused it:
+    /// it is full (`x-overflow=reject-publish`). The caller keeps the original
+    /// (not acked), so nothing is dropped; this says so loudly every time.
+    pub async fn wait(self) -> Result<(), InfraError> {
+        let result = self.0.wait().await;
+        if let Err(InfraError::PublishNacked(_)) = &result {
+            tracing::error!(
+                queue = DEAD_LETTER_QUEUE,
+                max_length = DEAD_LETTER_MAX_LENGTH,
+                "the dead-letter queue is full and refused a dead letter: the message stays in its queue and is retried; drain or replay {DEAD_LETTER_QUEUE} to resume"
+            );
+        }
+        result
+    }
+}
+
 /// Start publishing a dead letter (the caller awaits the confirm, then acks
 /// the original). `routing_key` is the message's original inbound routing key.
+///
+/// The copy keeps the original's properties and headers (a broker's `x-death`
+/// history included) except a producer's `expiration`, which would make the
+/// dead letter vanish from the queue.
 pub async fn start(
     publisher: &Publisher,
     routing_key: &str,
@@ -27,13 +51,13 @@ pub async fn start(
     props: BasicProperties,
     meta: &Meta,
     verdict: &Verdict,
-) -> Result<PendingConfirm, InfraError> {
+) -> Result<DeadLetterConfirm, InfraError> {
     let now = Utc::now();
     let mut m = meta.clone();
     m.routing_key = routing_key.to_string();
     // The last round counts as a failure too.
     m.failed(&verdict.reason, now);
-    let props = m.write(props);
+    let props = m.write(meta::internal_hop(&props));
     let mut h = props.headers().clone().unwrap_or_default();
     meta::set_str(&mut h, meta::H_ERROR_CLASS, verdict.error_class);
     meta::set_str(&mut h, meta::H_REASON, &verdict.reason);
@@ -51,4 +75,5 @@ pub async fn start(
     publisher
         .start(DEAD_LETTER_EXCHANGE, routing_key, body, props)
         .await
+        .map(DeadLetterConfirm)
 }

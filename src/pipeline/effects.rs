@@ -6,11 +6,13 @@ use crate::contract::{
     CustomerMessage, EscalationCreated, EscalationRequested, Mode, OutboundPayload, ProviderKind,
 };
 use crate::error::{ProcessError, ProviderError, ProviderErrorKind};
+use crate::provider::in_flight::{Gate, SendMarkers, settle_time};
 use crate::provider::{TicketProvider, TicketRequest};
 use crate::store::{ConversationRecord, ConversationStatus, ExternalRef};
 use chrono::Utc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 /// The provider an event's conversation uses: the event's override, else the org's.
 pub fn provider_of(
@@ -83,7 +85,8 @@ pub async fn escalate(
 }
 
 /// Create the ticket, looking for one first whenever an earlier try (in an
-/// earlier process, or an earlier attempt of this one) may have made it.
+/// earlier process, or an earlier attempt of this one that failed in a way
+/// that may have landed) may have made it.
 async fn create_once(
     ctx: &Context,
     provider: &dyn TicketProvider,
@@ -102,12 +105,17 @@ async fn create_once(
                     tracing::info!(external_id = %found.id, "adopting ticket created by an earlier attempt");
                     return Ok(found);
                 }
-                tried.store(true, Ordering::Relaxed);
                 match provider.create_ticket(req).await {
                     // The key was used with another body (e.g. the event changed
                     // between two requests): the ticket exists; find it.
                     Err(err) if err.kind == ProviderErrorKind::IdempotencyConflict => {
                         provider.find_ticket(req).await?.ok_or(err)
+                    }
+                    // A timeout, a broken connection, a 5xx: look before the
+                    // next try. Never after a refusal (429, 4xx) or a budget wait.
+                    Err(err) if err.may_have_landed() => {
+                        tried.store(true, Ordering::Relaxed);
+                        Err(err)
                     }
                     other => other,
                 }
@@ -129,6 +137,13 @@ fn created(rec: &ConversationRecord) -> OutboundPayload {
 }
 
 /// `customer.message`: add it to the ticket once.
+///
+/// The comment is sent without looking first, unless an earlier send (in
+/// this process or another) may have reached the provider: after a timeout,
+/// a broken connection or a 5xx, never after a refusal (429, 409, 4xx) or a
+/// budget wait. A send that may still land is not looked up (nor repeated)
+/// until it no longer can: its error waits in the retry queue for the
+/// settle time (twice the HTTP timeout).
 pub async fn relay_customer_message(
     ctx: &Context,
     m: &CustomerMessage,
@@ -141,31 +156,58 @@ pub async fn relay_customer_message(
         )));
     };
     let provider = ctx.providers.ticket(&m.org_id, rec.provider)?;
-    let earlier = ctx
-        .store
-        .begin_attempt(
-            &m.org_id,
-            &m.conversation_id,
-            &format!("message:{}", m.message_id),
-        )
-        .await?;
-    let tried = Arc::new(AtomicBool::new(earlier.is_some()));
-    let since = earlier.unwrap_or_else(Utc::now);
+    let settle = settle_time(Duration::from_millis(ctx.settings.http_timeout_ms));
+    let markers = SendMarkers::new(&ctx.store, rec.provider, settle);
+    // Longer than the retry policy waits in process: such waits leave the worker.
+    let out_of_process = ctx.retry.max_inline_wait + Duration::from_secs(1);
+    let what = format!("message:{}", m.message_id);
+    let (org, conv) = (m.org_id.as_str(), m.conversation_id.as_str());
     let ticket = &rec.external;
     let provider = provider.as_ref();
+    let (markers, what) = (&markers, what.as_str());
     let (result, _) = ctx
         .retry
-        .run("add customer message", || {
-            let tried = tried.clone();
-            async move {
-                if tried.load(Ordering::Relaxed)
-                    && provider.has_customer_message(ticket, m, since).await?
-                {
-                    tracing::info!("customer message already on the ticket (earlier attempt)");
-                    return Ok::<(), ProviderError>(());
+        .run("add customer message", || async move {
+            match markers.before_send(org, conv, what).await? {
+                Gate::Fresh => {}
+                Gate::Wait(left) => {
+                    return Err(ProviderError::transient(
+                        provider.kind().as_str(),
+                        ProviderErrorKind::Unavailable,
+                        format!(
+                            "an earlier attempt to add the message may still reach {}: looking in {} s",
+                            provider.kind(),
+                            left.as_secs().max(1)
+                        ),
+                    )
+                    .with_retry_after(Some(left)));
                 }
-                tried.store(true, Ordering::Relaxed);
-                provider.add_customer_message(ticket, m).await
+                Gate::Earlier(since) => {
+                    if provider.has_customer_message(ticket, m, since).await? {
+                        tracing::info!("customer message already on the ticket (earlier attempt)");
+                        return Ok(());
+                    }
+                    markers.sending(org, conv, what).await?;
+                }
+            }
+            match provider.add_customer_message(ticket, m).await {
+                Ok(()) => Ok(()),
+                Err(e) if e.may_still_land() => {
+                    let wait = e
+                        .retry_after
+                        .unwrap_or_default()
+                        .max(markers.settle())
+                        .max(out_of_process);
+                    Err(e.with_retry_after(Some(wait)))
+                }
+                Err(e) if e.may_have_landed() => {
+                    markers.answered(org, conv, what).await?;
+                    Err(e)
+                }
+                Err(e) => {
+                    markers.not_landed(org, conv, what).await?;
+                    Err(e)
+                }
             }
         })
         .await;

@@ -4,11 +4,14 @@
 use super::dead_letter::{self, Verdict};
 use super::effects;
 use super::meta::Meta;
-use super::{Context, outbound};
+use super::{Context, lease, outbound};
 use crate::amqp::Publisher;
-use crate::contract::{EscalationFailed, InboundEvent, OutboundPayload, ProviderKind};
+use crate::contract::{
+    EscalationFailed, FailureCode, InboundEvent, InboundKind, OutboundPayload, ProviderKind,
+    failure_sentence,
+};
 use crate::error::{ErrorClass, InfraError, ProcessError, ProviderErrorKind};
-use crate::store::Admission;
+use crate::store::{Admission, Begin, Claim, Lease};
 use crate::topology::RETRY_EXCHANGE;
 use chrono::Utc;
 use lapin::BasicProperties;
@@ -36,36 +39,117 @@ pub enum Fate {
 }
 
 /// Handle one item. `Err` means our infrastructure failed: nothing was
-/// decided, the caller must not ack and should try again later.
+/// decided, the caller must not ack and decides by [`InfraError::recovery`].
+///
+/// The conversation's lease is taken by `begin` when the item may run: one
+/// runner per conversation, fleet-wide. A runner that finds it held waits
+/// (at most one lease TTL) for its release or expiry. The lease is renewed
+/// while the item runs and released by `finish` (or at once when the item is
+/// parked or fails on our side); a runner dropped mid-call leaves it to
+/// expire, so that its last request has timed out before anyone else looks.
 pub async fn handle(
     ctx: &Context,
     publisher: &Publisher,
     item: &WorkItem,
 ) -> Result<Fate, InfraError> {
     let m = &item.meta;
-    let (org, conv, id) = (
-        m.org_id.as_str(),
-        m.conversation_id.as_str(),
-        m.dedupe_id.as_str(),
-    );
-    let begin = ctx.store.begin(org, conv, id).await?;
+    let claim = claim(ctx);
+    let begin = begin_when_free(ctx, m, &claim).await?;
+    if begin.dropped_heads > 0 {
+        tracing::warn!(
+            dropped = begin.dropped_heads,
+            "parked messages long past their due time (dead-lettered by the broker?) no longer hold up this conversation"
+        );
+    }
     if begin.done {
         tracing::info!("duplicate message, already handled");
         return Ok(Fate::Duplicate);
     }
-    match begin.admission {
-        Admission::Proceed | Admission::Head if m.not_before.is_some_and(|t| t > Utc::now()) => {
-            // Back from the retry queue before its backoff is over: another round.
-            return park_as_head(ctx, publisher, item, m.clone()).await;
-        }
-        Admission::Proceed | Admission::Head => {}
-        Admission::Wait => {
+    let lease = match (begin.admission, begin.lease.clone()) {
+        (Admission::Proceed | Admission::Head, Some(lease)) => lease,
+        _ => {
             tracing::info!(
                 "an earlier message of this conversation waits for a retry: queuing behind it"
             );
             retry_later(ctx, publisher, item, m.clone()).await?;
             return Ok(Fate::Parked);
         }
+    };
+    let result = lease::hold(
+        &ctx.store,
+        &lease,
+        claim.ttl,
+        run(ctx, publisher, item, &begin, &lease),
+    )
+    .await;
+    match &result {
+        // `finish` released it; a fenced-off runner has nothing to release.
+        Ok(Fate::Done | Fate::DeadLettered) | Err(InfraError::Fenced { .. }) => {}
+        // Parked, or failed on our side with no request in flight: let the
+        // next runner in now rather than at expiry.
+        _ => {
+            if let Err(e) = ctx.store.release(&lease).await {
+                tracing::debug!(error = %e, "could not release the conversation lease: it expires");
+            }
+        }
+    }
+    result
+}
+
+/// This worker's terms for a conversation's lease.
+pub(super) fn claim(ctx: &Context) -> Claim {
+    Claim {
+        owner: ctx.instance_id.clone(),
+        ttl: ctx.settings.lease_ttl(),
+        overdue_grace: ctx.settings.overdue_grace(),
+    }
+}
+
+/// `Store::begin`, again while another runner holds the conversation's
+/// lease (polling, at most one lease TTL; then `LeaseBusy`, a wait).
+async fn begin_when_free(ctx: &Context, m: &Meta, claim: &Claim) -> Result<Begin, InfraError> {
+    let (org, conv) = (m.org_id.as_str(), m.conversation_id.as_str());
+    let mut wait = lease::Wait::new(claim.ttl);
+    let started = tokio::time::Instant::now();
+    loop {
+        let begin = ctx.store.begin(org, conv, &m.dedupe_id, claim).await?;
+        if begin.admission != Admission::Busy {
+            if started.elapsed() > Duration::from_millis(100) {
+                tracing::info!(
+                    waited_ms = started.elapsed().as_millis() as u64,
+                    "waited for another runner's lease on this conversation"
+                );
+            }
+            return Ok(begin);
+        }
+        if !wait.pause(begin.busy_for).await {
+            return Err(InfraError::LeaseBusy {
+                org_id: org.to_string(),
+                conversation_id: conv.to_string(),
+                waited_ms: started.elapsed().as_millis() as u64,
+            });
+        }
+    }
+}
+
+/// The item, holding its conversation's lease.
+async fn run(
+    ctx: &Context,
+    publisher: &Publisher,
+    item: &WorkItem,
+    begin: &Begin,
+    lease: &Lease,
+) -> Result<Fate, InfraError> {
+    let m = &item.meta;
+    let org = m.org_id.as_str();
+    // Back before its backoff is over (the broker's copy says so, or the
+    // parked list kept a later due time from a round whose retry publish
+    // failed): another round.
+    let due = m.not_before.max(begin.due);
+    if due.is_some_and(|t| t > Utc::now()) {
+        let mut next = m.clone();
+        next.not_before = due;
+        return park_as_head(ctx, publisher, item, next).await;
     }
 
     // The provider the conversation went to, else the one this event asks for.
@@ -93,7 +177,7 @@ pub async fn handle(
 
     match result {
         Ok(effect) => {
-            conclude(ctx, publisher, m, provider, effect, true).await?;
+            conclude(ctx, publisher, lease, m, provider, effect, true).await?;
             Ok(Fate::Done)
         }
         Err(ProcessError::Infra(e)) => Err(e),
@@ -140,8 +224,10 @@ pub async fn handle(
             .await?
             .wait()
             .await?;
+            let (code, reason) = widget_failure(&err, &m.routing_key, provider);
             let failed = OutboundPayload::EscalationFailed(EscalationFailed {
-                reason: widget_reason(&err),
+                reason,
+                code,
                 error_class: class,
                 failed_event: m.routing_key.clone(),
             });
@@ -150,10 +236,37 @@ pub async fn handle(
                 events: vec![failed],
             };
             // Not marked done: a replay from the dead-letter queue runs again.
-            conclude(ctx, publisher, m, provider, effect, false).await?;
+            conclude(ctx, publisher, lease, m, provider, effect, false).await?;
             Ok(Fate::DeadLettered)
         }
     }
+}
+
+/// Dead-letter an item that failed on our side in a way that cannot clear
+/// (corrupt or newer-version state, an unroutable publish): class
+/// `permanent`, stage `worker`, the error as the reason. Returns once the
+/// broker confirmed (the caller then acks).
+pub async fn dead_letter_stuck(
+    publisher: &Publisher,
+    item: &WorkItem,
+    err: &InfraError,
+) -> Result<(), InfraError> {
+    let verdict = Verdict {
+        error_class: ErrorClass::Permanent.as_str(),
+        reason: format!("cannot be processed: {err}"),
+        stage: "worker",
+    };
+    dead_letter::start(
+        publisher,
+        &item.meta.routing_key,
+        &item.body,
+        item.props.clone(),
+        &item.meta,
+        &verdict,
+    )
+    .await?
+    .wait()
+    .await
 }
 
 fn requested_provider(e: &InboundEvent) -> Option<ProviderKind> {
@@ -180,28 +293,107 @@ fn broker_backoff(ctx: &Context, n: u32, asked: Option<Duration>) -> Duration {
     wait.min(Duration::from_secs(crate::store::MAX_BROKER_BACKOFF_SECS))
 }
 
-/// A reason the widget can show the customer's agent-facing UI.
-fn widget_reason(err: &ProcessError) -> String {
-    match err {
-        ProcessError::Provider(p) if p.is_transient() => {
-            format!(
-                "{} is not reachable right now; the escalation could not be delivered",
-                p.provider
-            )
-        }
-        ProcessError::Provider(p) => {
-            format!("{} refused the escalation: {}", p.provider, p.message)
-        }
-        other => other.to_string(),
+/// The widget's view of a failure: a stable code and a sentence a person can
+/// be shown. Only our own fixed phrases: a provider's error text can echo
+/// customer data, so it stays in the dead letter and the logs.
+fn widget_failure(
+    err: &ProcessError,
+    failed_event: &str,
+    provider: ProviderKind,
+) -> (FailureCode, String) {
+    let name = provider.display_name();
+    let (code, cause) = match err {
+        ProcessError::Provider(p) if p.is_transient() => (
+            FailureCode::ProviderUnavailable,
+            format!("{name} could not be reached for too long. Please try again later."),
+        ),
+        ProcessError::Provider(p) => match p.kind {
+            ProviderErrorKind::Network
+            | ProviderErrorKind::RateLimited
+            | ProviderErrorKind::BudgetExhausted
+            | ProviderErrorKind::Unavailable => (
+                FailureCode::ProviderUnavailable,
+                format!("{name} could not be reached for too long. Please try again later."),
+            ),
+            ProviderErrorKind::Authentication | ProviderErrorKind::SessionExpired => (
+                FailureCode::ProviderAuthFailed,
+                format!("{name} did not accept the escalator's credentials; an administrator needs to check them."),
+            ),
+            ProviderErrorKind::Configuration => (
+                FailureCode::ConfigurationError,
+                format!("the connection to {name} is not set up correctly; an administrator needs to check it."),
+            ),
+            ProviderErrorKind::Protocol => (
+                FailureCode::ProviderError,
+                format!("{name} gave an answer the escalator could not understand."),
+            ),
+            ProviderErrorKind::Validation
+            | ProviderErrorKind::NotFound
+            | ProviderErrorKind::IdempotencyConflict => {
+                (FailureCode::ProviderRejected, rejected_cause(p, name))
+            }
+        },
+        // Infrastructure errors are retried, never reported; kept for completeness.
+        ProcessError::Infra(_) => (
+            FailureCode::ProviderUnavailable,
+            "the service is having trouble right now. Please try again later.".to_string(),
+        ),
+        ProcessError::Rejected(_) => match InboundKind::from_routing_key(failed_event) {
+            Some(InboundKind::EscalationRequested) => (
+                FailureCode::ConfigurationError,
+                "this organisation is not set up for escalations; an administrator needs to check it.".to_string(),
+            ),
+            Some(InboundKind::WebhookZendesk | InboundKind::WebhookSunshine) => (
+                FailureCode::NotSupported,
+                "this kind of update is not supported yet.".to_string(),
+            ),
+            _ => (
+                FailureCode::NotEscalated,
+                "the conversation has not been handed over to the support team.".to_string(),
+            ),
+        },
+    };
+    (code, failure_sentence(failed_event, provider, &cause))
+}
+
+/// Why the provider refused, in fixed words: the field it named, when it is
+/// one a person recognises (the provider's text itself is never copied).
+fn rejected_cause(p: &crate::error::ProviderError, name: &str) -> String {
+    let detail = p.message.to_ascii_lowercase();
+    if detail.contains("email") {
+        "the requester's email address is invalid.".to_string()
+    } else if detail.contains("subject") {
+        "the subject was not accepted.".to_string()
+    } else if detail.contains("requester") {
+        "the requester's email address or name is invalid.".to_string()
+    } else {
+        format!("{name} did not accept it.")
     }
 }
 
+/// The cause an outbound event is keyed by (its seq in `Store::commit`, its
+/// id in `outbound::publish`). `escalation.created` belongs to the
+/// conversation, not to the message that asked: a repeat request answers
+/// with the identical event (same id, seq and time).
+fn event_cause<'a>(message_id: &'a str, event: &OutboundPayload) -> &'a str {
+    match event {
+        OutboundPayload::EscalationCreated(_) => CONVERSATION_CAUSE,
+        _ => message_id,
+    }
+}
+
+/// Cause of the events that belong to the conversation (see [`event_cause`]).
+pub const CONVERSATION_CAUSE: &str = "#conversation";
+
 /// The end of a message, in the order that makes retries safe: save the
 /// record and fix the events' seqs, publish the events (confirmed), then mark
-/// the message done (or not, for a dead letter) and take it off the parked list.
+/// the message done (or not, for a dead letter), take it off the parked list
+/// and release the lease. Commit and finish are refused (nothing written)
+/// when the lease was taken over.
 async fn conclude(
     ctx: &Context,
     publisher: &Publisher,
+    lease: &Lease,
     m: &Meta,
     provider: ProviderKind,
     effect: effects::Effect,
@@ -212,21 +404,29 @@ async fn conclude(
         m.conversation_id.as_str(),
         m.dedupe_id.as_str(),
     );
-    let types: Vec<&str> = effect.events.iter().map(|p| p.event_type()).collect();
+    let causes: Vec<&str> = effect.events.iter().map(|p| event_cause(id, p)).collect();
+    let keys: Vec<String> = effect
+        .events
+        .iter()
+        .zip(&causes)
+        .map(|(p, cause)| format!("{cause}/{}", p.event_type()))
+        .collect();
     let seqs = ctx
         .store
-        .commit(org, conv, id, effect.record.as_ref(), &types)
+        .commit(lease, effect.record.as_ref(), &keys)
         .await?;
-    outbound::publish(
-        publisher,
-        org,
-        conv,
-        provider,
-        id,
-        effect.events.into_iter().zip(seqs),
-    )
-    .await?;
-    ctx.store.finish(org, conv, id, done).await?;
+    for ((payload, seq), cause) in effect.events.into_iter().zip(seqs).zip(causes) {
+        outbound::publish(
+            publisher,
+            org,
+            conv,
+            provider,
+            cause,
+            std::iter::once((payload, seq)),
+        )
+        .await?;
+    }
+    ctx.store.finish(lease, id, done).await?;
     Ok(())
 }
 
@@ -239,7 +439,12 @@ async fn park_as_head(
     meta: Meta,
 ) -> Result<Fate, InfraError> {
     ctx.store
-        .park(&meta.org_id, &meta.conversation_id, &meta.dedupe_id)
+        .park(
+            &meta.org_id,
+            &meta.conversation_id,
+            &meta.dedupe_id,
+            meta.not_before,
+        )
         .await?;
     retry_later(ctx, publisher, item, meta).await?;
     Ok(Fate::Parked)

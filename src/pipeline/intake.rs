@@ -2,11 +2,12 @@
 //! active consumer), rejects what cannot be handled, and forwards the rest to
 //! the work shard of its conversation.
 use super::Context;
-use super::dead_letter::{self, Verdict};
-use super::meta::Meta;
-use crate::amqp::{self, ChannelKeeper, PendingConfirm, Publisher};
+use super::dead_letter::{self, DeadLetterConfirm, Verdict};
+use super::meta::{self, Meta};
+use crate::amqp::{ChannelKeeper, PendingConfirm, Publisher};
 use crate::contract::InboundKind;
 use crate::error::InfraError;
+use crate::schema;
 use crate::topology::{INTAKE_QUEUE, WORK_EXCHANGE, shard_key, shard_of};
 use futures_util::StreamExt;
 use lapin::message::Delivery;
@@ -26,6 +27,12 @@ pub enum Route {
 }
 
 /// Decide the route of one inbound message. Pure: no I/O.
+///
+/// A message that cannot be accepted but names a known org and a usable
+/// conversation id still goes to its conversation's shard, marked with the
+/// reason ([`Meta::rejection`]): the worker dead-letters it there and tells
+/// the widget, in the conversation's order. Anything else unusable is
+/// dead-lettered here.
 pub fn route(
     ctx: &Context,
     routing_key: &str,
@@ -45,28 +52,43 @@ pub fn route(
             InboundKind::ALL.map(|k| k.routing_key()).join(", ")
         ));
     };
-    let value: serde_json::Value = match serde_json::from_slice(body) {
-        Ok(v) => v,
+    let doc = match schema::parse_document(body) {
+        Ok(doc) => doc,
         Err(e) => return reject(format!("body is not JSON ({})", e.classify_name())),
     };
-    if let Err(reason) = ctx.schemas.validate_inbound(kind, &value) {
-        return reject(format!("{routing_key} does not match its schema: {reason}"));
-    }
-    // The schema guarantees these fields' types; the typed event is parsed
-    // once, by the worker.
+    let value = &doc.value;
+    let problem = match doc.duplicate_reason() {
+        Some(reason) => Some(format!("{routing_key} is ambiguous: {reason}")),
+        None => ctx
+            .schemas
+            .validate_inbound(kind, value)
+            .err()
+            .map(|reason| format!("{routing_key} does not match its schema: {reason}")),
+    };
     let field = |name: &str| value.get(name).and_then(serde_json::Value::as_str);
     let Some(org_id) = field("org_id").map(str::to_string) else {
-        return reject(format!("{routing_key} has no org_id"));
+        return reject(problem.unwrap_or_else(|| format!("{routing_key} has no org_id")));
     };
     if ctx.config.org(&org_id).is_none() {
-        return reject(format!(
-            "unknown org `{org_id}`: it is not in this escalator's config"
-        ));
+        return reject(problem.unwrap_or_else(|| {
+            format!("unknown org `{org_id}`: it is not in this escalator's config")
+        }));
     }
-    let Some(conversation_id) = field("conversation_id").map(str::to_string) else {
-        return reject(format!(
-            "{routing_key} is not handled by this version of the escalator"
-        ));
+    let conversation_id = field("conversation_id").filter(|c| is_conversation_id(c));
+    // A duplicated id is ambiguous: the message cannot be placed.
+    let ids_ambiguous = matches!(
+        doc.duplicate_key.as_deref(),
+        Some("/org_id" | "/conversation_id")
+    );
+    let conversation_id = match (conversation_id, &problem) {
+        (Some(c), Some(_)) if !ids_ambiguous => c.to_string(),
+        (Some(c), None) => c.to_string(),
+        (_, Some(reason)) => return reject(reason.clone()),
+        (None, None) => {
+            return reject(format!(
+                "{routing_key} is not handled by this version of the escalator"
+            ));
+        }
     };
     let dedupe_id = match (amqp_message_id, kind, field("message_id")) {
         (Some(id), _, _) if !id.is_empty() => id.to_string(),
@@ -89,9 +111,19 @@ pub fn route(
             dedupe_id,
             org_id,
             conversation_id,
+            rejection: problem,
             ..Meta::default()
         },
     }
+}
+
+/// The inbound schemas' conversation id rule (`^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$`):
+/// it becomes part of Redis keys, so a message without such an id cannot be placed.
+fn is_conversation_id(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && s.len() <= 128
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'))
 }
 
 trait ClassifyName {
@@ -109,8 +141,30 @@ impl ClassifyName for serde_json::Error {
     }
 }
 
+/// A forward or dead letter whose confirm is awaited by the acker task.
+enum Pending {
+    Forward(PendingConfirm),
+    DeadLetter(DeadLetterConfirm),
+}
+
+impl Pending {
+    async fn wait(self) -> Result<(), InfraError> {
+        match self {
+            Pending::Forward(p) => p.wait().await,
+            Pending::DeadLetter(p) => p.wait().await,
+        }
+    }
+}
+
 /// Run the intake router on `conn` until `stop` is cancelled or the
 /// connection fails.
+///
+/// Order: a forward the broker nacks or returns (unroutable) ends the
+/// session with an error, and no later delivery is acked after it: the
+/// consumer's channel is closed, which gives that delivery and every later
+/// one back to the queue at once, in delivery order, before any other
+/// consumer is served. The next session declares the topology again and
+/// routes them afresh.
 pub async fn run(
     ctx: &Context,
     conn: &Connection,
@@ -134,34 +188,14 @@ pub async fn run(
         .await?;
     // Confirms arrive in publish order: a separate task awaits them and acks
     // the originals in the same order, so routing is pipelined.
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<(PendingConfirm, Acker)>(
-        usize::from(ctx.settings.prefetch).max(1),
-    );
-    let acker_task = tokio::spawn(async move {
-        // Deliveries are settled in order, so one ack with `multiple` covers
-        // every confirmed message up to it.
-        while let Some(first) = rx.recv().await {
-            let mut batch = vec![first];
-            while let Ok(next) = rx.try_recv() {
-                batch.push(next);
-            }
-            let mut confirmed: Option<Acker> = None;
-            for (pending, acker) in batch {
-                match pending.wait().await {
-                    Ok(()) => confirmed = Some(acker),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "forwarding not confirmed: requeueing the inbound message");
-                        settle(confirmed.take(), true).await;
-                        amqp::requeue(&acker).await;
-                    }
-                }
-            }
-            settle(confirmed, true).await;
-        }
-    });
+    let (tx, rx) =
+        tokio::sync::mpsc::channel::<(Pending, Acker)>(usize::from(ctx.settings.prefetch).max(1));
+    let failed = CancellationToken::new();
+    let acker_task = tokio::spawn(settle_in_order(rx, failed.clone()));
     let result = loop {
         let delivery = tokio::select! {
             _ = stop.cancelled() => break Ok(()),
+            _ = failed.cancelled() => break Ok(()),
             next = consumer.next() => next,
         };
         let delivery: Delivery = match delivery {
@@ -179,8 +213,55 @@ pub async fn run(
         }
     };
     drop(tx);
-    let _ = acker_task.await;
-    result
+    let failure = acker_task.await.ok().flatten();
+    if failure.is_some() {
+        // Every ack before the failure is sent; nothing after it was acked.
+        // Closing the channel returns the rest in order, atomically (a nack
+        // per delivery would let the broker hand the first one straight back
+        // to this still-active consumer, behind later ones).
+        let _ = channel
+            .close(
+                200,
+                ShortString::from("forward failed: requeueing in order"),
+            )
+            .await;
+    }
+    match (result, failure) {
+        (Err(e), _) | (Ok(()), Some(e)) => Err(e),
+        (Ok(()), None) => Ok(()),
+    }
+}
+
+/// Await the confirms in order and ack the originals. At the first failure,
+/// stop: ack what was confirmed before it, leave it and everything after it
+/// unacked (the caller closes the channel), tell the router (`failed`), and
+/// return the failure.
+async fn settle_in_order(
+    mut rx: tokio::sync::mpsc::Receiver<(Pending, Acker)>,
+    failed: CancellationToken,
+) -> Option<InfraError> {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while let Ok(next) = rx.try_recv() {
+            batch.push(next);
+        }
+        // Deliveries are settled in order, so one ack with `multiple` covers
+        // every confirmed message up to it.
+        let mut confirmed: Option<Acker> = None;
+        for (pending, acker) in batch {
+            match pending.wait().await {
+                Ok(()) => confirmed = Some(acker),
+                Err(e) => {
+                    tracing::warn!(error = %e, "forwarding not confirmed: returning it and every later inbound message to the queue, in order, and restarting the session");
+                    settle(confirmed.take(), true).await;
+                    failed.cancel();
+                    return Some(e);
+                }
+            }
+        }
+        settle(confirmed, true).await;
+    }
+    None
 }
 
 /// Ack `acker` (and, with `multiple`, every earlier delivery of its channel).
@@ -196,7 +277,7 @@ async fn forward(
     ctx: &Context,
     publisher: &Publisher,
     d: &Delivery,
-) -> Result<PendingConfirm, InfraError> {
+) -> Result<Pending, InfraError> {
     let routing_key = d.routing_key.as_str();
     let message_id = d.properties.message_id().as_ref().map(|s| s.as_str());
     match route(ctx, routing_key, &d.data, message_id) {
@@ -208,22 +289,29 @@ async fn forward(
                 .unwrap_or("unknown");
             let span = tracing::info_span!("route", org_id = %meta.org_id, conversation_id = %meta.conversation_id, provider, routing_key, shard);
             let _g = span.enter();
-            tracing::debug!("forwarding to work shard");
-            let props = meta.write(d.properties.clone());
+            match &meta.rejection {
+                Some(reason) => {
+                    tracing::info!(reason = %reason, "rejected: forwarding to its shard, to be dead-lettered there and reported to the widget")
+                }
+                None => tracing::debug!("forwarding to work shard"),
+            }
+            // A producer's expiration stays off internal hops: it would make
+            // the shard's copy expire unprocessed.
+            let props = meta.write(meta::internal_hop(&d.properties));
             publisher
                 .start(WORK_EXCHANGE, &shard_key(shard), &d.data, props)
                 .await
+                .map(Pending::Forward)
         }
-        Route::Reject(verdict) => {
-            dead_letter::start(
-                publisher,
-                routing_key,
-                &d.data,
-                d.properties.clone(),
-                &Meta::default(),
-                &verdict,
-            )
-            .await
-        }
+        Route::Reject(verdict) => dead_letter::start(
+            publisher,
+            routing_key,
+            &d.data,
+            d.properties.clone(),
+            &Meta::default(),
+            &verdict,
+        )
+        .await
+        .map(Pending::DeadLetter),
     }
 }

@@ -18,6 +18,9 @@ pub const H_ERROR_CLASS: &str = "x-escalator-error-class";
 pub const H_REASON: &str = "x-escalator-reason";
 pub const H_STAGE: &str = "x-escalator-stage";
 pub const H_DEAD_LETTERED_AT: &str = "x-escalator-dead-lettered-at";
+/// Set by the intake router on a message it could not accept but can place
+/// (known org and conversation): the worker dead-letters it and tells the widget.
+pub const H_REJECTION: &str = "x-escalator-rejection";
 
 /// The escalator's headers of one message.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -33,6 +36,8 @@ pub struct Meta {
     /// Do not process before this time (backoff between broker rounds).
     pub not_before: Option<DateTime<Utc>>,
     pub last_error: Option<String>,
+    /// Why the intake router rejected the message (see [`H_REJECTION`]).
+    pub rejection: Option<String>,
 }
 
 impl Meta {
@@ -51,6 +56,7 @@ impl Meta {
             last_failure: get_int(h, H_LAST_FAILURE).and_then(DateTime::from_timestamp_millis),
             not_before: get_int(h, H_NOT_BEFORE).and_then(DateTime::from_timestamp_millis),
             last_error: get_str(h, H_LAST_ERROR),
+            rejection: get_str(h, H_REJECTION),
         }
     }
 
@@ -73,6 +79,10 @@ impl Meta {
             Some(e) => set_str(&mut h, H_LAST_ERROR, e),
             None => remove(&mut h, H_LAST_ERROR),
         }
+        match &self.rejection {
+            Some(r) => set_str(&mut h, H_REJECTION, r),
+            None => remove(&mut h, H_REJECTION),
+        }
         props.with_headers(h)
     }
 
@@ -83,6 +93,35 @@ impl Meta {
         self.last_failure = Some(now);
         self.last_error = Some(reason.to_string());
     }
+}
+
+/// `props` for one of the escalator's own hops (intake -> shard, dead
+/// letters): everything kept but a producer's `expiration`, which would make
+/// the copy expire in a work queue (dead-lettered unprocessed by the broker)
+/// or vanish from the dead-letter queue.
+pub fn internal_hop(props: &BasicProperties) -> BasicProperties {
+    let mut out = BasicProperties::default();
+    macro_rules! copy {
+        ($($get:ident => $set:ident),* $(,)?) => {
+            $(if let Some(v) = props.$get().clone() { out = out.$set(v); })*
+        };
+    }
+    copy!(
+        content_type => with_content_type,
+        content_encoding => with_content_encoding,
+        headers => with_headers,
+        delivery_mode => with_delivery_mode,
+        priority => with_priority,
+        correlation_id => with_correlation_id,
+        reply_to => with_reply_to,
+        message_id => with_message_id,
+        timestamp => with_timestamp,
+        kind => with_type,
+        user_id => with_user_id,
+        app_id => with_app_id,
+        cluster_id => with_cluster_id,
+    );
+    out
 }
 
 pub fn get_str(h: &FieldTable, key: &str) -> Option<String> {
@@ -141,5 +180,29 @@ mod tests {
         let props = m.write(BasicProperties::default());
         assert_eq!(Meta::read(&props), m);
         assert_eq!(m.attempts, 1);
+        let rejected = Meta {
+            rejection: Some("/mode: is not one of the allowed values".into()),
+            ..m
+        };
+        assert_eq!(
+            Meta::read(&rejected.write(BasicProperties::default())),
+            rejected
+        );
+    }
+
+    #[test]
+    fn internal_hops_drop_only_the_expiration() {
+        let props = BasicProperties::default()
+            .with_message_id(ShortString::from("m-1"))
+            .with_content_type(ShortString::from("application/json"))
+            .with_delivery_mode(2)
+            .with_timestamp(7)
+            .with_expiration(ShortString::from("60000"));
+        let hop = internal_hop(&props);
+        assert_eq!(hop.expiration(), &None);
+        assert_eq!(hop.message_id(), props.message_id());
+        assert_eq!(hop.content_type(), props.content_type());
+        assert_eq!(hop.delivery_mode(), &Some(2));
+        assert_eq!(hop.timestamp(), &Some(7));
     }
 }

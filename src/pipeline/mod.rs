@@ -9,14 +9,17 @@
 //!    to their preferred worker.
 //! 4. [`handler`] decides each message's fate; [`effects`] makes the provider
 //!    calls exactly once; [`outbound`] tells the widget; [`dead_letter`] keeps
-//!    what failed, with why.
+//!    what failed, with why; [`rejection`] does both for unusable messages.
+pub mod bulkhead;
 pub mod dead_letter;
 pub mod effects;
 pub mod handler;
 pub mod intake;
+pub mod lease;
 pub mod membership;
 pub mod meta;
 pub mod outbound;
+pub mod rejection;
 pub mod service;
 pub mod shard;
 pub mod subscription;
@@ -41,4 +44,6 @@ pub struct Context {
     pub instance_id: String,
     /// Pause before subscribing to non-preferred shards.
     pub standby_delay: Duration,
+    /// Live lane tasks of the current session (see [`shard::LaneGauge`]).
+    pub lanes: shard::LaneGauge,
 }

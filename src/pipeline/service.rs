@@ -89,6 +89,7 @@ impl Worker {
             providers,
             instance_id: uuid::Uuid::new_v4().simple().to_string()[..12].to_string(),
             standby_delay: Duration::from_secs(2),
+            lanes: Default::default(),
         };
         Ok(Worker { ctx: Arc::new(ctx) })
     }
@@ -102,7 +103,6 @@ impl Worker {
     pub async fn run(&self, stop: CancellationToken) {
         let ctx = &self.ctx;
         tracing::info!(instance = %ctx.instance_id, amqp = %ctx.settings.amqp_url_redacted(), shards = ctx.settings.shards, "worker starting");
-        let heartbeat = membership::spawn_heartbeat(ctx.store.clone(), ctx.instance_id.clone());
         let mut backoff = Duration::from_millis(250);
         let mut first_session = true;
         while !stop.is_cancelled() {
@@ -120,8 +120,7 @@ impl Worker {
                 }
             }
         }
-        heartbeat.abort();
-        membership::leave(&ctx.store, &ctx.instance_id).await;
+        membership::leave(&ctx.store, &ctx.instance_id, ctx.settings.shards).await;
         tracing::info!("worker stopped");
     }
 
@@ -140,15 +139,20 @@ impl Worker {
         Topology::new(ctx.settings.shards, ctx.settings.delivery_limit)
             .declare(&channel)
             .await?;
-        let publisher = Publisher::open(&conn).await?;
-        let mut live = membership::heartbeat(&ctx.store, &ctx.instance_id)
+        let publisher = Publisher::open(&conn)
+            .await?
+            .with_confirm_timeout(ctx.settings.confirm_timeout());
+        // Announced only now that a session is up; the shard consumers keep
+        // the records fresh while they consume, and the session withdraws
+        // them when it ends.
+        let mut live = membership::heartbeat(&ctx.store, &ctx.instance_id, &[])
             .await
             .unwrap_or_else(|_| vec![ctx.instance_id.clone()]);
         if first_session {
             // Replicas starting together: give the others a moment to announce
             // themselves, so that all see the same live set and split the shards.
             tokio::time::sleep(ctx.standby_delay / 2).await;
-            live = membership::heartbeat(&ctx.store, &ctx.instance_id)
+            live = membership::heartbeat(&ctx.store, &ctx.instance_id, &[])
                 .await
                 .unwrap_or(live);
         }
@@ -176,6 +180,7 @@ impl Worker {
             r = &mut intake => { session.cancel(); let r2 = shards.await; r.and(r2) }
             r = &mut shards => { session.cancel(); let r2 = intake.await; r.and(r2) }
         };
+        membership::leave(&ctx.store, &ctx.instance_id, ctx.settings.shards).await;
         // The kept channels are dropped after this, with the connection closed.
         let _ = conn.close(200, ShortString::from("bye")).await;
         result

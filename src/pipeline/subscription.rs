@@ -1,6 +1,7 @@
 //! This worker's subscriptions to the shard queues, and when to hand one
 //! over to its preferred worker (see docs/ARCHITECTURE.md, "Balance").
 use super::Context;
+use super::membership::{View, preferred_owner};
 use crate::amqp::ChannelKeeper;
 use crate::error::InfraError;
 use crate::topology::shard_queue;
@@ -9,8 +10,7 @@ use lapin::message::Delivery;
 use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{FieldTable, ShortString};
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -18,9 +18,9 @@ use tokio_util::sync::CancellationToken;
 pub(super) struct Subscription {
     channel: lapin::Channel,
     pub(super) forwarder: tokio::task::JoinHandle<()>,
-    /// Set by the first delivery: only the active consumer of a
-    /// single-active-consumer queue receives any.
-    pub(super) active: Arc<AtomicBool>,
+    /// Whether a delivery came through this subscription: only the active
+    /// consumer of a single-active-consumer queue receives any.
+    pub(super) active: bool,
     /// Tells this subscription's deliveries from those of an earlier,
     /// released one of the same shard (those went back to the queue).
     pub(super) generation: u64,
@@ -52,14 +52,12 @@ pub(super) async fn subscribe(
             FieldTable::default(),
         )
         .await?;
-    let active = Arc::new(AtomicBool::new(false));
-    let (tx, lost, flag) = (tx.clone(), lost.clone(), active.clone());
+    let (tx, lost) = (tx.clone(), lost.clone());
     let forwarder = tokio::spawn(async move {
         use futures_util::StreamExt;
         while let Some(next) = consumer.next().await {
             match next {
                 Ok(d) => {
-                    flag.store(true, Ordering::Release);
                     if tx.send((shard, generation, d)).await.is_err() {
                         return;
                     }
@@ -76,7 +74,7 @@ pub(super) async fn subscribe(
     Ok(Subscription {
         channel,
         forwarder,
-        active,
+        active: false,
         generation,
     })
 }
@@ -93,40 +91,110 @@ impl Subscription {
     }
 }
 
-/// Shards this worker is active on although another live worker is their
-/// preferred owner (and has been live long enough to have subscribed).
-pub(super) async fn shards_to_release(
-    ctx: &Context,
-    subs: &HashMap<u16, Subscription>,
-    releasing: &HashMap<u16, Vec<Delivery>>,
-    first_seen: &mut HashMap<String, tokio::time::Instant>,
-) -> Vec<u16> {
-    let Ok(live) = super::membership::live(&ctx.store).await else {
-        return Vec::new();
-    };
-    let now = tokio::time::Instant::now();
-    first_seen.retain(|m, _| live.contains(m));
-    for m in &live {
-        first_seen.entry(m.clone()).or_insert(now);
+/// When to give a shard to its preferred worker: only once that worker
+/// proves it is there to take it (a live subscription record for the shard,
+/// see [`super::membership`]), and only once per fleet: a shard that comes
+/// back after a hand-over (the preferred worker was not the next consumer
+/// after all) stays here until the membership changes or that worker
+/// subscribes anew. So hand-overs cannot loop, and the few deliveries a
+/// hand-over returns to the queue are returned once, not until the broker's
+/// delivery limit.
+///
+/// The broker does not tell a consumer that it is active (BROKER.md), so a
+/// worker gives up every shard it does not prefer, active or standby, busy or
+/// idle: closing and re-subscribing a standby is cheap, and the broker then
+/// activates the earliest waiting consumer, the preferred worker. That is
+/// how a worker joining an idle fleet gets its share without traffic.
+#[derive(Default)]
+pub(super) struct Balance {
+    /// Shards given up, with the live set they were given up in.
+    yielded: HashMap<u16, Vec<String>>,
+}
+
+impl Balance {
+    /// Shards to release now (each is then drained, closed and re-subscribed).
+    pub(super) async fn shards_to_release(
+        &mut self,
+        ctx: &Context,
+        subs: &HashMap<u16, Subscription>,
+        releasing: &HashMap<u16, Vec<Delivery>>,
+    ) -> Vec<u16> {
+        match super::membership::view(&ctx.store, ctx.settings.shards).await {
+            Ok(view) => self.decide(&ctx.instance_id, &view, subs.keys().copied(), releasing),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the membership: no hand-over this round");
+                Vec::new()
+            }
+        }
     }
-    let settled = |m: &str| {
-        first_seen
-            .get(m)
-            .is_some_and(|t| now.duration_since(*t) >= ctx.standby_delay * 2)
-    };
-    if !live.iter().all(|m| settled(m)) {
-        // Membership is changing: wait until it is steady.
-        return Vec::new();
+
+    fn decide(
+        &mut self,
+        me: &str,
+        view: &View,
+        subscribed: impl Iterator<Item = u16>,
+        releasing: &HashMap<u16, Vec<Delivery>>,
+    ) -> Vec<u16> {
+        self.yielded.retain(|&shard, live| {
+            *live == view.live && view.subscribes(preferred_owner(me, &view.live, shard), shard)
+        });
+        let mut release: Vec<u16> = subscribed
+            .filter(|shard| !releasing.contains_key(shard) && !self.yielded.contains_key(shard))
+            .filter(|&shard| {
+                let owner = preferred_owner(me, &view.live, shard);
+                owner != me && view.subscribes(owner, shard)
+            })
+            .collect();
+        release.sort_unstable();
+        for &shard in &release {
+            self.yielded.insert(shard, view.live.clone());
+        }
+        release
     }
-    let (order, preferred) =
-        super::membership::shard_order(&ctx.instance_id, &live, ctx.settings.shards);
-    let mine = &order[..preferred];
-    subs.iter()
-        .filter(|(shard, sub)| {
-            !mine.contains(shard)
-                && !releasing.contains_key(shard)
-                && sub.active.load(Ordering::Acquire)
-        })
-        .map(|(shard, _)| *shard)
-        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(live: &[&str], subscribers: &[&[&str]]) -> View {
+        View {
+            live: live.iter().map(|s| s.to_string()).collect(),
+            subscribers: subscribers
+                .iter()
+                .map(|s| s.iter().map(|m| m.to_string()).collect())
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_member_that_does_not_subscribe_gets_nothing() {
+        let mut b = Balance::default();
+        // "b" is live (prefers shards 1 and 3) but holds no subscription.
+        let v = view(&["a", "b"], &[&["a"], &["a"], &["a"], &["a"]]);
+        assert!(b.decide("a", &v, 0..4, &HashMap::new()).is_empty());
+    }
+
+    #[test]
+    fn a_shard_is_given_up_once_per_membership() {
+        let mut b = Balance::default();
+        let v = view(
+            &["a", "b"],
+            &[&["a", "b"], &["a", "b"], &["a", "b"], &["a", "b"]],
+        );
+        assert_eq!(b.decide("a", &v, 0..4, &HashMap::new()), vec![1, 3]);
+        // Shard 1 came back (b was not the next consumer): not again.
+        assert!(b.decide("a", &v, 0..4, &HashMap::new()).is_empty());
+        // b subscribes anew (its record went and came back): once more.
+        let gone = view(
+            &["a", "b"],
+            &[&["a", "b"], &["a"], &["a", "b"], &["a", "b"]],
+        );
+        assert!(b.decide("a", &gone, 0..4, &HashMap::new()).is_empty());
+        assert_eq!(b.decide("a", &v, 0..4, &HashMap::new()), vec![1]);
+        // The membership changes: the deal is new.
+        let all: &[&str] = &["a", "b", "c"];
+        let three = view(&["a", "b", "c"], &[all; 4]);
+        assert_eq!(b.decide("a", &three, 0..4, &HashMap::new()), vec![1, 2]);
+    }
 }

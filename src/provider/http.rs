@@ -1,6 +1,6 @@
 //! HTTP plumbing shared by provider clients: one client, and the mapping of
 //! transport errors and status codes to [`ProviderError`]s.
-use crate::error::{ErrorClass, ProviderError, ProviderErrorKind};
+use crate::error::{ErrorClass, Landing, ProviderError, ProviderErrorKind};
 use std::time::Duration;
 
 pub fn client(timeout: Duration) -> Result<reqwest::Client, String> {
@@ -15,13 +15,17 @@ pub fn client(timeout: Duration) -> Result<reqwest::Client, String> {
 /// A transport-level failure (no HTTP answer). Always transient. The message
 /// names the host and path only: URLs never carry secrets here, and query
 /// strings may carry customer data, so they are dropped.
+///
+/// A connection that never opened cannot have delivered the request; after a
+/// timeout or a broken connection the request may still land (see
+/// [`Landing`]); [`settled_for`] corrects that for reads.
 pub fn transport_error(provider: &'static str, err: &reqwest::Error) -> ProviderError {
-    let what = if err.is_timeout() {
-        "timed out"
-    } else if err.is_connect() {
-        "connection failed"
+    let (what, landing) = if err.is_connect() {
+        ("connection failed", Landing::NotLanded)
+    } else if err.is_timeout() {
+        ("timed out", Landing::MayStillLand)
     } else {
-        "connection broke"
+        ("connection broke", Landing::MayStillLand)
     };
     let target = err
         .url()
@@ -32,6 +36,16 @@ pub fn transport_error(provider: &'static str, err: &reqwest::Error) -> Provider
         ProviderErrorKind::Network,
         format!("request {what}{target}"),
     )
+    .with_landing(landing)
+}
+
+/// A failed read (GET, HEAD, OPTIONS) changed nothing, whatever the failure.
+pub fn settled_for(method: &reqwest::Method, err: ProviderError) -> ProviderError {
+    if method.is_safe() {
+        err.with_landing(Landing::NotLanded)
+    } else {
+        err
+    }
 }
 
 /// `Retry-After` in seconds (the HTTP-date form is rare at these APIs and

@@ -2,6 +2,7 @@
 //! ticket is a Zendesk ticket or a Salesforce Case.
 pub mod budget;
 pub mod http;
+pub mod in_flight;
 pub mod retry;
 pub mod salesforce;
 pub mod transcript;

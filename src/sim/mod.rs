@@ -26,7 +26,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use types::{
-    FaultRule, RecordedRequest, SimCase, SimComment, SimSettings, SimSfRecord, SimTicket,
+    FaultRule, RecordedRequest, SimAudit, SimCase, SimComment, SimSettings, SimSfRecord, SimTicket,
 };
 
 use faults::ActiveFault;

@@ -79,6 +79,21 @@ pub struct SimTicket {
     pub status: String,
     pub custom_fields: serde_json::Value,
     pub comments: Vec<SimComment>,
+    /// One per create or update, oldest first.
+    #[serde(default)]
+    pub audits: Vec<SimAudit>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// An audit of a simulated Zendesk ticket (one per create or update).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SimAudit {
+    pub id: u64,
+    pub author_id: u64,
+    /// The request's `ticket.metadata`, kept as `metadata.custom` (`{}` when none).
+    pub custom_metadata: serde_json::Value,
+    /// The comment this audit added, if any.
+    pub comment_id: Option<u64>,
     pub created_at: DateTime<Utc>,
 }
 

@@ -6,7 +6,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Map, Value, json};
 
 use super::state::{Req, Shared, SimResponse};
-use super::types::{SimComment, SimTicket};
+use super::types::{SimAudit, SimComment, SimTicket};
 use super::util::{basic_credentials, query_param, sha256_hex};
 
 /// The authenticated agent's user id (submitter, default comment author).
@@ -15,6 +15,10 @@ pub(crate) const AGENT_USER_ID: u64 = 1000;
 pub(crate) const RATE_LIMIT: u32 = 700;
 const MAX_IDEMPOTENCY_KEY: usize = 255;
 const MAX_SUBJECT: usize = 255;
+/// Largest `per_page` of offset pagination.
+const MAX_PER_PAGE: usize = 100;
+/// Largest `ticket.metadata` kept (Zendesk: 1 KB of custom metadata per audit).
+const MAX_METADATA_BYTES: usize = 1024;
 
 #[derive(Clone, Debug)]
 struct User {
@@ -104,6 +108,10 @@ pub(crate) fn handle(shared: &Shared, zd: &mut ZendeskState, req: &Req) -> SimRe
         },
         ("GET", ["tickets", id, "comments"]) => match ticket_id(zd, id) {
             Some(id) => list_comments(zd, id),
+            None => not_found(),
+        },
+        ("GET", ["tickets", id, "audits"]) => match ticket_id(zd, id) {
+            Some(id) => list_audits(shared, zd, id, req),
             None => not_found(),
         },
         _ => SimResponse::json(
@@ -226,6 +234,9 @@ fn create_ticket(shared: &Shared, zd: &mut ZendeskState, body: &Value) -> SimRes
             json!([{"description": "Description: cannot be blank", "error": "BlankValue"}]),
         );
     }
+    if let Some(invalid) = metadata_invalid(t) {
+        details.insert("metadata".to_owned(), invalid);
+    }
     if let Some(email) = &requester_email
         && !email.contains('@')
     {
@@ -254,6 +265,12 @@ fn create_ticket(shared: &Shared, zd: &mut ZendeskState, body: &Value) -> SimRes
     zd.next_ticket_id += 1;
     let comment_id = zd.next_comment_id;
     zd.next_comment_id += 1;
+    let audit_id = zd.next_audit_id;
+    zd.next_audit_id += 1;
+    let author_id = comment
+        .and_then(|c| c.get("author_id"))
+        .and_then(Value::as_u64)
+        .unwrap_or(AGENT_USER_ID);
     let ticket = SimTicket {
         id,
         subject: t
@@ -273,12 +290,16 @@ fn create_ticket(shared: &Shared, zd: &mut ZendeskState, body: &Value) -> SimRes
             .unwrap_or("new")
             .to_owned(),
         custom_fields: t.get("custom_fields").cloned().unwrap_or_else(|| json!([])),
+        audits: vec![SimAudit {
+            id: audit_id,
+            author_id,
+            custom_metadata: custom_metadata(t),
+            comment_id: Some(comment_id),
+            created_at: now,
+        }],
         comments: vec![SimComment {
             id: comment_id,
-            author_id: comment
-                .and_then(|c| c.get("author_id"))
-                .and_then(Value::as_u64)
-                .unwrap_or(AGENT_USER_ID),
+            author_id,
             body: comment_body,
             html_body: comment_html,
             public: comment
@@ -348,12 +369,17 @@ fn update_ticket(shared: &Shared, zd: &mut ZendeskState, id: u64, req: &Req) -> 
     let comment = t.get("comment").and_then(Value::as_object);
     let comment_body = non_empty_str(comment, "body").map(str::to_owned);
     let comment_html = non_empty_str(comment, "html_body").map(str::to_owned);
+    let mut details = Map::new();
     if comment.is_some() && comment_body.is_none() && comment_html.is_none() {
-        let mut details = Map::new();
         details.insert(
             "base".to_owned(),
             json!([{"description": "Comment: cannot be blank", "error": "BlankValue"}]),
         );
+    }
+    if let Some(invalid) = metadata_invalid(t) {
+        details.insert("metadata".to_owned(), invalid);
+    }
+    if !details.is_empty() {
         return record_invalid(details);
     }
     let now = Utc::now();
@@ -390,22 +416,22 @@ fn update_ticket(shared: &Shared, zd: &mut ZendeskState, id: u64, req: &Req) -> 
     if t.get("tags").is_some() {
         ticket.tags = string_list(t.get("tags"));
     }
-    let mut events = Vec::new();
     let mut author_id = AGENT_USER_ID;
+    let mut comment_id = None;
     if let Some(c) = new_comment {
         author_id = c.author_id;
-        let mut event = comment_json(&c);
-        event["type"] = json!("Comment");
-        events.push(event);
+        comment_id = Some(c.id);
         ticket.comments.push(c);
     }
-    let audit = json!({
-        "id": audit_id,
-        "ticket_id": id,
-        "created_at": timestamp(&now),
-        "author_id": author_id,
-        "events": events,
-    });
+    let sim_audit = SimAudit {
+        id: audit_id,
+        author_id,
+        custom_metadata: custom_metadata(t),
+        comment_id,
+        created_at: now,
+    };
+    let audit = audit_json(ticket, &sim_audit);
+    ticket.audits.push(sim_audit);
     SimResponse::json(
         200,
         &json!({"ticket": ticket_json(ticket, &shared.base_url), "audit": audit}),
@@ -421,6 +447,94 @@ fn list_comments(zd: &ZendeskState, id: u64) -> SimResponse {
     SimResponse::json(
         200,
         &json!({"comments": comments, "next_page": null, "previous_page": null, "count": count}),
+    )
+}
+
+/// `ticket.metadata`, kept as the audit's `metadata.custom`.
+fn custom_metadata(t: &Map<String, Value>) -> Value {
+    t.get("metadata")
+        .filter(|m| m.is_object())
+        .cloned()
+        .unwrap_or_else(|| json!({}))
+}
+
+/// A 422 detail when `ticket.metadata` is not an object or is over 1 KB.
+fn metadata_invalid(t: &Map<String, Value>) -> Option<Value> {
+    let m = t.get("metadata")?;
+    let too_big = m.to_string().len() > MAX_METADATA_BYTES;
+    (!m.is_object() || too_big).then(|| {
+        json!([{"description": "Metadata: must be an object of at most 1 KB", "error": "InvalidValue"}])
+    })
+}
+
+fn audit_json(t: &SimTicket, a: &SimAudit) -> Value {
+    let events: Vec<Value> = a
+        .comment_id
+        .and_then(|id| t.comments.iter().find(|c| c.id == id))
+        .map(comment_json)
+        .into_iter()
+        .collect();
+    json!({
+        "id": a.id,
+        "ticket_id": t.id,
+        "created_at": timestamp(&a.created_at),
+        "author_id": a.author_id,
+        "metadata": {
+            "system": {"client": "escalator-sim", "ip_address": "127.0.0.1"},
+            "custom": a.custom_metadata,
+        },
+        "via": {"channel": "api", "source": {"from": {}, "to": {}, "rel": null}},
+        "events": events,
+    })
+}
+
+/// `GET /api/v2/tickets/{id}/audits`: offset pagination (`page`, `per_page`
+/// up to 100) and `sort_order` (`asc`, the default, or `desc`).
+fn list_audits(shared: &Shared, zd: &ZendeskState, id: u64, req: &Req) -> SimResponse {
+    let Some(ticket) = zd.tickets.get(&id) else {
+        return not_found();
+    };
+    let q = req.query.as_deref();
+    let page = query_param(q, "page")
+        .and_then(|p| p.parse::<usize>().ok())
+        .filter(|p| *p >= 1)
+        .unwrap_or(1);
+    let per_page = query_param(q, "per_page")
+        .and_then(|p| p.parse::<usize>().ok())
+        .unwrap_or(MAX_PER_PAGE)
+        .clamp(1, MAX_PER_PAGE);
+    let desc = query_param(q, "sort_order").is_some_and(|s| s.eq_ignore_ascii_case("desc"));
+    let mut ordered: Vec<&SimAudit> = ticket.audits.iter().collect();
+    if desc {
+        ordered.reverse();
+    }
+    let count = ordered.len();
+    let audits: Vec<Value> = ordered
+        .iter()
+        .skip((page - 1).saturating_mul(per_page))
+        .take(per_page)
+        .map(|a| audit_json(ticket, a))
+        .collect();
+    let link = |p: usize| {
+        json!(format!(
+            "{}/api/v2/tickets/{id}/audits.json?page={p}&per_page={per_page}&sort_order={}",
+            shared.base_url,
+            if desc { "desc" } else { "asc" }
+        ))
+    };
+    let next = if page.saturating_mul(per_page) < count {
+        link(page + 1)
+    } else {
+        Value::Null
+    };
+    let previous = if page > 1 {
+        link(page - 1)
+    } else {
+        Value::Null
+    };
+    SimResponse::json(
+        200,
+        &json!({"audits": audits, "next_page": next, "previous_page": previous, "count": count}),
     )
 }
 

@@ -32,6 +32,9 @@ pub(super) struct CaseBody {
     pub marker: String,
     /// The full transcript, attached as a file when the Description cannot hold it.
     pub attachment: Option<TranscriptFile>,
+    /// The event context values copied into `context_fields` (customer data:
+    /// redacted from error messages).
+    pub context_values: Vec<String>,
 }
 
 /// The full transcript as a ContentVersion.
@@ -222,11 +225,16 @@ impl CaseBody {
                 set(&mut fields, field, toml_to_json(value));
             }
         }
+        let mut context_values = Vec::new();
         for (field, key) in &config.context_fields {
             if is_reserved(field) {
                 continue;
             }
             if let Some(v) = e.context.get(key).and_then(context_value) {
+                context_values.push(match &v {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                });
                 set(&mut fields, field, v);
             }
         }
@@ -253,6 +261,7 @@ impl CaseBody {
             auto_assign,
             marker,
             attachment,
+            context_values,
         }
     }
 
@@ -267,11 +276,13 @@ impl CaseBody {
         self.fields.get("SuppliedEmail").and_then(Value::as_str)
     }
 
-    /// Customer values that must not show in error messages.
+    /// Customer values that must not show in error messages: the
+    /// customer's name and email, the subject, and the context values.
     pub fn sensitive(&self) -> Vec<&str> {
         ["SuppliedName", "SuppliedEmail", "Subject"]
             .iter()
             .filter_map(|f| self.fields.get(*f).and_then(Value::as_str))
+            .chain(self.context_values.iter().map(String::as_str))
             .collect()
     }
 
@@ -461,6 +472,10 @@ mod tests {
         assert!(b.is_marked(b.fields["Description"].as_str()));
         assert!(b.attachment.is_none());
         assert_eq!(b.supplied_email(), Some("ada@example.com"));
+        assert!(
+            b.sensitive().contains(&"gold"),
+            "context values are redacted from errors"
+        );
     }
 
     #[test]

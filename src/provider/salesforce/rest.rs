@@ -3,7 +3,7 @@
 use super::errors::{PROVIDER, api_usage, rest_error};
 use super::token::{AccessToken, TokenSource};
 use crate::error::{ProviderError, ProviderErrorKind};
-use crate::provider::http::{retry_after, transport_error};
+use crate::provider::http::{retry_after, settled_for, transport_error};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use std::time::Duration;
@@ -118,7 +118,7 @@ impl Rest {
         F: Fn(&reqwest::Client, &Base<'_>) -> reqwest::RequestBuilder,
     {
         let token = self.tokens.current().await?;
-        let mut resp = self.attempt(op, &build, &token).await?;
+        let (mut resp, method) = self.attempt(op, &build, &token).await?;
         if resp.status().as_u16() == 401 {
             tracing::info!(
                 org_id = %self.org_id,
@@ -126,14 +126,14 @@ impl Rest {
                 "salesforce session expired or invalid: refreshing the token and retrying once"
             );
             let fresh = self.tokens.refresh(Some(&token)).await?;
-            resp = self.attempt(op, &build, &fresh).await?;
+            resp = self.attempt(op, &build, &fresh).await?.0;
         }
         let status = resp.status().as_u16();
         let ra = retry_after(resp.headers());
         let body = resp
             .bytes()
             .await
-            .map_err(|e| transport_error(PROVIDER, &e))?
+            .map_err(|e| settled_for(&method, transport_error(PROVIDER, &e)))?
             .to_vec();
         if (200..400).contains(&status) {
             return Ok(Reply { status, body });
@@ -155,7 +155,7 @@ impl Rest {
             error = %err,
             "salesforce call failed"
         );
-        Err(err)
+        Err(settled_for(&method, err))
     }
 
     async fn attempt<F>(
@@ -163,7 +163,7 @@ impl Rest {
         op: &'static str,
         build: &F,
         token: &AccessToken,
-    ) -> Result<reqwest::Response, ProviderError>
+    ) -> Result<(reqwest::Response, reqwest::Method), ProviderError>
     where
         F: Fn(&reqwest::Client, &Base<'_>) -> reqwest::RequestBuilder,
     {
@@ -171,12 +171,23 @@ impl Rest {
             instance_url: &token.instance_url,
             version: &self.version,
         };
-        let resp = build(&self.http, &base)
+        let req = build(&self.http, &base)
             .bearer_auth(token.token.expose())
             .header(reqwest::header::ACCEPT, "application/json")
-            .send()
+            .build()
+            .map_err(|_| {
+                ProviderError::permanent(
+                    PROVIDER,
+                    ProviderErrorKind::Protocol,
+                    format!("{op}: the request could not be built"),
+                )
+            })?;
+        let method = req.method().clone();
+        let resp = self
+            .http
+            .execute(req)
             .await
-            .map_err(|e| transport_error(PROVIDER, &e))?;
+            .map_err(|e| settled_for(&method, transport_error(PROVIDER, &e)))?;
         let usage = resp
             .headers()
             .get("sforce-limit-info")
@@ -202,7 +213,7 @@ impl Rest {
                 "salesforce org is close to its daily API limit"
             );
         }
-        Ok(resp)
+        Ok((resp, method))
     }
 
     /// Run a SOQL query, following `nextRecordsUrl` for at most `max_pages` pages.
