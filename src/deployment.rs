@@ -10,6 +10,10 @@
 //! - the Redis hash `P:deployment` (`shards`, `delivery_limit`), written once
 //!   (HSETNX) by the first worker of the key prefix and read by every later one.
 //!
+//! `topology` checks the broker. A worker checks the Redis record, and the
+//! broker too while no record exists (the first worker of a key prefix, then
+//! it writes the record): a passive declare of a missing queue makes lapin
+//! log an ERROR for the closed channel, which a steady-state start should not.
 //! A process started with other values refuses to start, naming both values
 //! and the migration (deploy/README.md, "Changing the shard count").
 use crate::topology::{WORK_EXCHANGE, shard_queue};
@@ -170,4 +174,26 @@ pub async fn check_record(
         });
     }
     Ok(())
+}
+
+/// The worker's check: the Redis record, and the broker's queues when no
+/// record exists yet (checked before the record is written, so a refused
+/// count is never recorded).
+pub async fn check_worker(
+    amqp: &Connection,
+    redis: &mut redis::aio::ConnectionManager,
+    prefix: &str,
+    shards: u16,
+    delivery_limit: u32,
+) -> Result<(), DeploymentError> {
+    let (recorded_shards, recorded_limit): (Option<String>, Option<String>) = redis::cmd("HMGET")
+        .arg(record_key(prefix))
+        .arg("shards")
+        .arg("delivery_limit")
+        .query_async(redis)
+        .await?;
+    if recorded_shards.is_none() && recorded_limit.is_none() {
+        check_broker(amqp, shards).await?;
+    }
+    check_record(redis, prefix, shards, delivery_limit).await
 }

@@ -64,10 +64,8 @@ impl Worker {
         let conn = amqp::connect(&settings.amqp_url, "escalator-worker-check")
             .await
             .map_err(|e| StartError::Amqp(explain::amqp(&settings.amqp_url, &e)))?;
-        // The broker first: a record written for a count the broker refuses
-        // would then refuse the right count.
-        crate::deployment::check_broker(&conn, settings.shards).await?;
-        crate::deployment::check_record(
+        crate::deployment::check_worker(
+            &conn,
             &mut store.connection(),
             &settings.key_prefix,
             settings.shards,
