@@ -13,17 +13,15 @@ pub async fn connect(url: &str, name: &str) -> Result<Connection, lapin::Error> 
     Connection::connect(url, props).await
 }
 
-/// Connect, or explain which broker could not be reached and how to start it.
+/// Connect, or explain which broker could not be reached, why, and what to
+/// do (start it, fix the login, create the vhost).
 pub async fn connect_explained(
     settings: &crate::settings::Settings,
     name: &str,
 ) -> Result<Connection, String> {
-    connect(&settings.amqp_url, name).await.map_err(|e| {
-        format!(
-            "cannot reach RabbitMQ at {}: {e}. Start it, e.g.: rabbitmq-server -detached",
-            settings.amqp_url_redacted()
-        )
-    })
+    connect(&settings.amqp_url, name)
+        .await
+        .map_err(|e| crate::explain::amqp(&settings.amqp_url, &e))
 }
 
 /// Channels of one session, kept open until the connection itself is closed:

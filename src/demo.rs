@@ -1,6 +1,7 @@
 //! `escalator demo`: the whole flow on the simulator, printed for a person.
 use crate::contract::{ExternalKind, OutboundEvent, OutboundPayload};
 use crate::sandbox::{SALESFORCE_ORG, Sandbox, ZENDESK_ORG, sample_escalation, sandbox_config};
+use crate::scratch::{Scratch, VhostAdmin};
 use crate::settings::Settings;
 use chrono::Utc;
 use serde_json::json;
@@ -8,10 +9,59 @@ use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-pub async fn run(settings: Settings) -> Result<(), String> {
+/// Run the demo in a vhost and key prefix of its own (made here, removed at
+/// the end, also after an error or Ctrl-C): nothing of a real deployment on
+/// the same broker and Redis is read or written.
+pub async fn run(settings: Settings, management_url: &str) -> Result<(), String> {
     println!("escalator demo");
     println!("  RabbitMQ  {}", settings.amqp_url_redacted());
     println!("  Redis     {}", settings.redis_url_redacted());
+    // Check both before making anything: the errors then name the URLs as given.
+    check_reachable(&settings).await?;
+    let admin = VhostAdmin::detect(management_url, &settings.amqp_url).await?;
+    let scratch = Scratch::create(admin, &settings.amqp_url, "demo").await?;
+    println!(
+        "  scratch   vhost {} ({}), Redis key prefix {}: both removed at the end",
+        scratch.vhost,
+        scratch.admin.describe(),
+        scratch.key_prefix
+    );
+    let mut settings = settings;
+    settings.amqp_url = scratch.amqp_url.clone();
+    settings.key_prefix = scratch.key_prefix.clone();
+    // A small topology: the demo has two conversations.
+    settings.shards = 4;
+    let outcome = tokio::select! {
+        r = in_sandbox(settings.clone()) => r,
+        r = tokio::signal::ctrl_c() => Err(match r {
+            Ok(()) => "interrupted (Ctrl-C)".to_string(),
+            Err(e) => format!("cannot listen for Ctrl-C: {e}"),
+        }),
+    };
+    let cleanup = scratch.remove(&settings.redis_url).await;
+    match (outcome, cleanup) {
+        (Ok(()), Ok(())) => {
+            println!(
+                "\ndemo finished: every step behaved as expected; its vhost and keys are removed."
+            );
+            Ok(())
+        }
+        (Ok(()), Err(c)) => Err(format!("the demo ran, but cleaning up failed: {c}")),
+        (Err(e), Ok(())) => Err(e),
+        (Err(e), Err(c)) => Err(format!("{e}\n(cleaning up failed too: {c})")),
+    }
+}
+
+async fn check_reachable(settings: &Settings) -> Result<(), String> {
+    let conn = crate::amqp::connect_explained(settings, "escalator-demo-check").await?;
+    let _ = conn.close(200, "checked".into()).await;
+    crate::store::Store::connect(&settings.redis_url, "escalator-demo", WAIT)
+        .await
+        .map_err(|e| crate::explain::redis(&settings.redis_url, &e))?;
+    Ok(())
+}
+
+async fn in_sandbox(settings: Settings) -> Result<(), String> {
     let sandbox = Sandbox::start(settings, sandbox_config).await?;
     println!(
         "  simulator {}  (Zendesk and Salesforce APIs)",
@@ -19,9 +69,6 @@ pub async fn run(settings: Settings) -> Result<(), String> {
     );
     let result = scenario(&sandbox).await;
     sandbox.stop().await;
-    if result.is_ok() {
-        println!("\ndemo finished: every step behaved as expected.");
-    }
     result
 }
 

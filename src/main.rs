@@ -2,17 +2,32 @@
 use clap::{Parser, Subcommand};
 use escalator::config::Config;
 use escalator::pipeline::service::Worker;
-use escalator::settings::Settings;
+use escalator::settings::{AmqpArgs, Settings, ShapeArgs};
+#[cfg(feature = "tooling")]
+use escalator::settings::{LoadArgs, RedisArgs};
 use escalator::topology::Topology;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 
+/// Variables that every command reads, whatever its flags (shown in `--help`).
+const ENVIRONMENT_HELP: &str = "\
+Environment (every command):
+  RUST_LOG                     Log filter, e.g. info or escalator=debug (default: info for
+                               worker and sim, warn for demo, error for bench). Libraries
+                               (lapin, amq_protocol, redis, hyper, reqwest, h2, rustls, ...)
+                               are capped at info even under RUST_LOG=trace, since they log
+                               message bodies: name one (RUST_LOG=trace,lapin=trace) to lift it.
+  ESCALATOR_LOG_FORMAT         json for JSON log lines (default: human-readable).
+  OTEL_EXPORTER_OTLP_ENDPOINT  Export spans over OTLP/HTTP to this endpoint (and the other
+                               standard OTEL_* variables configure the exporter).";
+
 #[derive(Parser)]
 #[command(
     name = "escalator",
     version,
-    about = "Hands AI-chat conversations over to Salesforce and Zendesk, and carries agent replies back"
+    about = "Hands AI-chat conversations over to Salesforce and Zendesk, and carries agent replies back",
+    after_help = ENVIRONMENT_HELP
 )]
 struct Cli {
     #[command(subcommand)]
@@ -22,6 +37,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the worker service (consumes escalator.inbound).
+    #[command(after_help = ENVIRONMENT_HELP)]
     Worker {
         #[command(flatten)]
         settings: Settings,
@@ -30,19 +46,39 @@ enum Command {
         config: PathBuf,
     },
     /// Run the provider simulator (Zendesk, Salesforce) on a local port.
+    #[cfg(feature = "tooling")]
+    #[command(after_help = ENVIRONMENT_HELP)]
     Sim {
         #[arg(long, env = "ESCALATOR_SIM_ADDR", default_value = "127.0.0.1:8089")]
         addr: std::net::SocketAddr,
     },
     /// Run the whole flow once against the simulator and print what the widget hears.
+    ///
+    /// The demo works in a vhost and a Redis key prefix of its own
+    /// (`escalator-demo-<id>`, `escalator-demo:<id>`), removed when it ends,
+    /// so it can run against a broker and Redis that serve real workers.
+    #[cfg(feature = "tooling")]
+    #[command(after_help = ENVIRONMENT_HELP)]
     Demo {
         #[command(flatten)]
-        settings: Settings,
+        amqp: AmqpArgs,
+        #[command(flatten)]
+        redis: RedisArgs,
+        /// RabbitMQ management API, used to create the demo's vhost
+        /// (without it, `rabbitmqctl` on the PATH is used).
+        #[arg(long, env = "ESCALATOR_MANAGEMENT_URL", default_value = escalator::scratch::MANAGEMENT_URL)]
+        management_url: String,
     },
     /// Declare the AMQP topology, or print it as RabbitMQ definitions JSON.
+    ///
+    /// Refuses to declare when the broker already has the work queues of
+    /// another shard count (the count is fixed per deployment).
+    #[command(after_help = ENVIRONMENT_HELP)]
     Topology {
         #[command(flatten)]
-        settings: Settings,
+        amqp: AmqpArgs,
+        #[command(flatten)]
+        shape: ShapeArgs,
         /// Print definitions JSON instead of declaring.
         #[arg(long)]
         print: bool,
@@ -51,9 +87,15 @@ enum Command {
         vhost: String,
     },
     /// Measure throughput and latency through RabbitMQ -> worker -> simulator -> Redis -> outbound.
+    #[cfg(feature = "tooling")]
+    #[command(after_help = BENCH_HELP)]
     Bench {
         #[command(flatten)]
-        settings: Settings,
+        amqp: AmqpArgs,
+        #[command(flatten)]
+        redis: RedisArgs,
+        #[command(flatten)]
+        load: LoadArgs,
         /// Escalations to push through.
         #[arg(long, default_value_t = 2000)]
         count: usize,
@@ -63,6 +105,15 @@ enum Command {
         conversations: Option<usize>,
     },
 }
+
+#[cfg(feature = "tooling")]
+const BENCH_HELP: &str = "\
+Environment:
+  ESCALATOR_MANAGEMENT_URL     RabbitMQ management API used to create the benchmark's own
+                               vhost (default http://127.0.0.1:15672); without it the run
+                               falls back to the default vhost.
+  RUST_LOG, ESCALATOR_LOG_FORMAT, OTEL_EXPORTER_OTLP_ENDPOINT: as for every command
+                               (see escalator --help).";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -97,21 +148,36 @@ async fn run(command: Command) -> Result<(), String> {
             worker.run(stop).await;
             Ok(())
         }
+        #[cfg(feature = "tooling")]
         Command::Sim { addr } => {
             let _telemetry = escalator::telemetry::init("info");
             escalator::sim::run(addr, escalator::sim::SimSettings::default())
                 .await
                 .map_err(|e| format!("simulator: {e}"))
         }
-        Command::Demo { settings } => {
+        #[cfg(feature = "tooling")]
+        Command::Demo {
+            amqp,
+            redis,
+            management_url,
+        } => {
             let _telemetry = escalator::telemetry::init("warn");
-            escalator::demo::run(settings).await
+            let mut settings = Settings::defaults();
+            settings.amqp_url = amqp.amqp_url;
+            settings.redis_url = redis.redis_url;
+            escalator::demo::run(settings, &management_url).await
         }
         Command::Topology {
-            settings,
+            amqp,
+            shape,
             print,
             vhost,
         } => {
+            let mut settings = Settings::defaults();
+            settings.amqp_url = amqp.amqp_url;
+            settings.shards = shape.shards;
+            settings.delivery_limit = shape.delivery_limit;
+            settings.validate()?;
             let topology = Topology::new(settings.shards, settings.delivery_limit);
             if print {
                 let json = serde_json::to_string_pretty(&topology.definitions_json(&vhost))
@@ -120,11 +186,15 @@ async fn run(command: Command) -> Result<(), String> {
                 return Ok(());
             }
             let conn = escalator::amqp::connect_explained(&settings, "escalator-topology").await?;
-            let channel = conn.create_channel().await.map_err(|e| e.to_string())?;
-            topology
-                .declare(&channel)
+            let checked = escalator::deployment::check_broker(&conn, settings.shards)
                 .await
-                .map_err(|e| format!("declaring the topology failed: {e}"))?;
+                .map_err(|e| e.to_string());
+            let declared = match checked {
+                Ok(()) => declare(&conn, &topology).await,
+                Err(e) => Err(e),
+            };
+            let _ = conn.close(200, "bye".into()).await;
+            declared?;
             println!(
                 "declared {} exchanges, {} queues, {} bindings on {}",
                 topology.exchanges.len(),
@@ -134,12 +204,21 @@ async fn run(command: Command) -> Result<(), String> {
             );
             Ok(())
         }
+        #[cfg(feature = "tooling")]
         Command::Bench {
-            settings,
+            amqp,
+            redis,
+            load,
             count,
             conversations,
         } => {
             let _telemetry = escalator::telemetry::init("error");
+            let mut settings = Settings::defaults();
+            settings.amqp_url = amqp.amqp_url;
+            settings.redis_url = redis.redis_url;
+            settings.prefetch = load.prefetch;
+            settings.concurrency = load.concurrency;
+            settings.shards = load.shards;
             let mode = match conversations {
                 Some(conversations) => escalator::bench::Mode::Memory { conversations },
                 None => escalator::bench::Mode::Throughput { count },
@@ -147,6 +226,14 @@ async fn run(command: Command) -> Result<(), String> {
             escalator::bench::run(settings, mode).await
         }
     }
+}
+
+async fn declare(conn: &lapin::Connection, topology: &Topology) -> Result<(), String> {
+    let channel = conn.create_channel().await.map_err(|e| e.to_string())?;
+    topology
+        .declare(&channel)
+        .await
+        .map_err(|e| format!("declaring the topology failed: {e}"))
 }
 
 /// Cancelled on SIGTERM or Ctrl-C.

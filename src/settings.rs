@@ -1,22 +1,26 @@
 //! Process settings: environment variables (or flags) with loopback defaults.
 use std::time::Duration;
 
-/// Settings shared by every subcommand that talks to RabbitMQ and Redis.
+pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/";
+pub const DEFAULT_SHARDS: u16 = 16;
+pub const DEFAULT_DELIVERY_LIMIT: u32 = 20;
+
+/// Every setting of the worker (`escalator worker --help`). The other
+/// commands take only the groups below that apply to them and start from
+/// [`Settings::defaults`].
 #[derive(Debug, Clone, clap::Args)]
 pub struct Settings {
     /// AMQP URL of RabbitMQ (the password is never printed).
     #[arg(
         long,
         env = "ESCALATOR_AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+        hide_env_values = true,
+        default_value = DEFAULT_AMQP_URL
     )]
     pub amqp_url: String,
-    /// Redis URL.
-    #[arg(
-        long,
-        env = "ESCALATOR_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379/"
-    )]
+    /// Redis URL (the password is never printed).
+    #[arg(long, env = "ESCALATOR_REDIS_URL", hide_env_values = true, default_value = DEFAULT_REDIS_URL)]
     pub redis_url: String,
     /// Prefix of every Redis key this process writes.
     #[arg(long, env = "ESCALATOR_KEY_PREFIX", default_value = "escalator")]
@@ -28,7 +32,7 @@ pub struct Settings {
     #[arg(long, env = "ESCALATOR_CONCURRENCY", default_value_t = 32)]
     pub concurrency: usize,
     /// Number of work shards (queues `escalator.work.NN`). Fixed per deployment.
-    #[arg(long, env = "ESCALATOR_SHARDS", default_value_t = 16)]
+    #[arg(long, env = "ESCALATOR_SHARDS", default_value_t = DEFAULT_SHARDS)]
     pub shards: u16,
     /// Provider attempts made in process before a message goes to the retry queue.
     #[arg(long, env = "ESCALATOR_INLINE_ATTEMPTS", default_value_t = 4)]
@@ -55,7 +59,7 @@ pub struct Settings {
     #[arg(long, env = "ESCALATOR_SHUTDOWN_GRACE_MS", default_value_t = 20_000)]
     pub shutdown_grace_ms: u64,
     /// Broker delivery limit of the work queues (poison-message guard).
-    #[arg(long, env = "ESCALATOR_DELIVERY_LIMIT", default_value_t = 20)]
+    #[arg(long, env = "ESCALATOR_DELIVERY_LIMIT", default_value_t = DEFAULT_DELIVERY_LIMIT)]
     pub delivery_limit: u32,
     /// How long conversation state and dedupe records live in Redis, in days.
     #[arg(long, env = "ESCALATOR_STATE_TTL_DAYS", default_value_t = 90)]
@@ -76,7 +80,68 @@ pub struct Settings {
     pub confirm_timeout_ms: u64,
 }
 
+/// Where RabbitMQ is: `topology`, `demo`, `bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AmqpArgs {
+    /// AMQP URL of RabbitMQ (the password is never printed).
+    #[arg(long, env = "ESCALATOR_AMQP_URL",
+        hide_env_values = true, default_value = DEFAULT_AMQP_URL)]
+    pub amqp_url: String,
+}
+
+/// Where Redis is: `demo`, `bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RedisArgs {
+    /// Redis URL (the password is never printed).
+    #[arg(long, env = "ESCALATOR_REDIS_URL", hide_env_values = true, default_value = DEFAULT_REDIS_URL)]
+    pub redis_url: String,
+}
+
+/// The shape of the work queues, fixed per deployment: `topology`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ShapeArgs {
+    /// Number of work shards (queues `escalator.work.NN`). Fixed per deployment.
+    #[arg(long, env = "ESCALATOR_SHARDS", default_value_t = DEFAULT_SHARDS)]
+    pub shards: u16,
+    /// Broker delivery limit of the work queues (poison-message guard).
+    #[arg(long, env = "ESCALATOR_DELIVERY_LIMIT", default_value_t = DEFAULT_DELIVERY_LIMIT)]
+    pub delivery_limit: u32,
+}
+
+/// How hard the benchmark pushes: `bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LoadArgs {
+    /// Messages each consumer may hold unacknowledged (AMQP prefetch).
+    #[arg(long, env = "ESCALATOR_PREFETCH", default_value_t = 64)]
+    pub prefetch: u16,
+    /// Messages processed at the same time by one worker (across conversations).
+    #[arg(long, env = "ESCALATOR_CONCURRENCY", default_value_t = 32)]
+    pub concurrency: usize,
+    /// Number of work shards of the benchmark's own vhost.
+    #[arg(long, env = "ESCALATOR_SHARDS", default_value_t = DEFAULT_SHARDS)]
+    pub shards: u16,
+}
+
 impl Settings {
+    /// The built-in defaults, whatever the environment says: the base of the
+    /// commands that take only some groups of settings (their flags and
+    /// variables are then applied on top, so nothing else leaks in).
+    pub fn defaults() -> Self {
+        use clap::{CommandFactory, FromArgMatches};
+        #[derive(clap::Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            settings: Settings,
+        }
+        let command = Wrapper::command().mut_args(|a| a.env(None));
+        let matches = command.get_matches_from(["escalator"]);
+        match Wrapper::from_arg_matches(&matches) {
+            Ok(w) => w.settings,
+            // Unreachable: every field has a default (a unit test checks it).
+            Err(e) => e.exit(),
+        }
+    }
+
     /// Settings from the environment alone (no flags), for tests, the demo and
     /// the benchmark. Fails with clap's message when a variable does not parse.
     pub fn from_env() -> Result<Self, String> {
@@ -191,25 +256,40 @@ impl Settings {
 }
 
 /// `scheme://user:pass@host/...` -> `scheme://user:<redacted>@host/...`.
+///
+/// Works on text that is not a valid URL too (a missing `:` or `/`, spaces),
+/// since that is exactly when the URL ends up in an error message: whatever
+/// stands between the user name and the last `@` is masked, and when the user
+/// part cannot be told apart, all of it is.
 pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let (authority, path) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split(':').next().unwrap_or("");
-            let masked = if userinfo.contains(':') {
-                format!("{user}:<redacted>")
-            } else {
-                user.to_string()
-            };
-            format!("{scheme}://{masked}@{host}{path}")
-        }
+    match secret_span(url) {
+        Some((start, end)) => format!("{}<redacted>{}", &url[..start], &url[end..]),
         None => url.to_string(),
+    }
+}
+
+/// The part of `url` that [`redact_url`] masks (to scrub it from other text).
+pub fn url_secret(url: &str) -> Option<&str> {
+    secret_span(url).map(|(start, end)| &url[start..end])
+}
+
+/// Byte range of the password (or of the whole user part when it cannot be
+/// told apart) in `url`.
+fn secret_span(url: &str) -> Option<(usize, usize)> {
+    let at = url.rfind('@')?;
+    let before = &url[..at];
+    match before.rfind("//").map(|i| i + 2) {
+        Some(start) => {
+            let userinfo = &before[start..];
+            match userinfo.find(':') {
+                Some(colon) => Some((start + colon + 1, at)),
+                // `redis://@host`: nothing to hide.
+                None if userinfo.is_empty() => None,
+                // A lone user part may be a token (`rediss://token@host`): masked too.
+                None => Some((start, at)),
+            }
+        }
+        None => Some((0, at)),
     }
 }
 
@@ -261,5 +341,33 @@ mod tests {
             "redis://127.0.0.1:6379/"
         );
         assert_eq!(redact_url("redis://:pw@h:1/0"), "redis://:<redacted>@h:1/0");
+    }
+
+    #[test]
+    fn redacts_passwords_in_urls_that_do_not_parse() {
+        for (bad, shown) in [
+            (
+                "amqp//guest:CANARY@h:5672/%2f",
+                "amqp//guest:<redacted>@h:5672/%2f",
+            ),
+            ("amqp:guest:CANARY@h", "<redacted>@h"),
+            ("amqp://guest:CANARY/x@h:1/", "amqp://guest:<redacted>@h:1/"),
+            ("redis://:CANARY@@h:1", "redis://:<redacted>@h:1"),
+            ("redis://CANARY@h", "redis://<redacted>@h"),
+            (" amqp://u:CANARY @h", " amqp://u:<redacted>@h"),
+        ] {
+            let r = redact_url(bad);
+            assert!(!r.contains("CANARY"), "{bad} -> {r}");
+            assert_eq!(r, shown);
+        }
+    }
+
+    #[test]
+    fn defaults_ignore_the_environment() {
+        // Every field has a default; the environment of the test run does not matter.
+        let d = Settings::defaults();
+        assert_eq!(d.shards, DEFAULT_SHARDS);
+        assert_eq!(d.amqp_url, DEFAULT_AMQP_URL);
+        assert!(d.validate().is_ok());
     }
 }

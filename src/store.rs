@@ -348,6 +348,17 @@ impl Store {
         ttl: Duration,
     ) -> Result<Store, redis::RedisError> {
         let client = redis::Client::open(url)?;
+        // One plain connection first, so that a wrong address or password
+        // fails at once: the manager retries its first connection too (six
+        // times with backoff, about 10 s), which is right for reconnects only.
+        let probe = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(5)))
+            .set_response_timeout(Some(Duration::from_secs(5)));
+        drop(
+            client
+                .get_multiplexed_async_connection_with_config(&probe)
+                .await?,
+        );
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(5)))
             .set_response_timeout(Some(Duration::from_secs(5)));

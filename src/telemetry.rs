@@ -1,6 +1,10 @@
 //! Logs and traces. Logs: structured `tracing` output on stderr,
 //! human-readable by default, JSON with `ESCALATOR_LOG_FORMAT=json`; level from
-//! `RUST_LOG` (default given by the command). Traces: when
+//! `RUST_LOG` (default given by the command). Libraries are capped at `info`
+//! even when `RUST_LOG` asks for `debug` or `trace` everywhere: at those
+//! levels lapin logs every frame, bodies included (emails, transcripts), and
+//! the HTTP crates log headers (API tokens). Naming a library in `RUST_LOG`
+//! (`RUST_LOG=trace,lapin=trace`) lifts its cap. Traces: when
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` is set, spans (with their `org_id`,
 //! `conversation_id`, `provider` fields) are exported over OTLP/HTTP; the
 //! standard `OTEL_*` variables configure the exporter.
@@ -23,9 +27,102 @@ impl Drop for Telemetry {
     }
 }
 
+/// Crates whose debug and trace output can hold message bodies, headers or
+/// URLs (a directive `x` also covers `x_anything`, e.g. `hyper_util`).
+pub const CAPPED_CRATES: &[&str] = &[
+    "lapin",
+    "amq_protocol",
+    "pinky_swear",
+    "tcp_stream",
+    "async_rs",
+    "executor_trait",
+    "reactor_trait",
+    "redis",
+    "hyper",
+    "reqwest",
+    "h2",
+    "http",
+    "rustls",
+    "tokio_rustls",
+    "axum",
+    "tower",
+    "tower_http",
+    "opentelemetry",
+    "tracing_opentelemetry",
+    "jsonschema",
+    "mio",
+    "want",
+];
+
+/// The level the capped crates get at most.
+pub const CAP_LEVEL: &str = "info";
+
+/// `spec` (a `RUST_LOG` value) with the caps added: only when its default
+/// level is more verbose than [`CAP_LEVEL`], and not for crates it names.
+pub fn capped_directives(spec: &str) -> String {
+    let directives: Vec<&str> = spec
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .collect();
+    let verbose_default = directives.iter().any(|d| {
+        matches!(
+            d.to_ascii_lowercase().as_str(),
+            "debug" | "trace" | "4" | "5"
+        )
+    });
+    let is_level = |d: &str| {
+        matches!(
+            d.to_ascii_lowercase().as_str(),
+            "off"
+                | "error"
+                | "warn"
+                | "info"
+                | "debug"
+                | "trace"
+                | "0"
+                | "1"
+                | "2"
+                | "3"
+                | "4"
+                | "5"
+        )
+    };
+    if !verbose_default {
+        return spec.to_string();
+    }
+    let targets: Vec<&str> = directives
+        .iter()
+        .filter(|d| d.contains(['=', '[']) || !is_level(d))
+        .filter_map(|d| d.split(['=', '[']).next())
+        .filter(|t| !t.is_empty() && !t.contains(char::is_whitespace))
+        .collect();
+    let mut out = directives.join(",");
+    for krate in CAPPED_CRATES {
+        if targets
+            .iter()
+            .any(|t| krate.starts_with(t) || t.starts_with(krate))
+        {
+            continue;
+        }
+        out.push_str(&format!(",{krate}={CAP_LEVEL}"));
+    }
+    out
+}
+
+fn env_filter(default_level: &str) -> EnvFilter {
+    let spec = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or_else(|| default_level.to_string());
+    EnvFilter::try_new(capped_directives(&spec)).unwrap_or_else(|e| {
+        eprintln!("escalator: RUST_LOG is not a valid filter ({e}): using {default_level}");
+        EnvFilter::new(capped_directives(default_level))
+    })
+}
+
 pub fn init(default_level: &str) -> Telemetry {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let filter = env_filter(default_level);
     let json = std::env::var("ESCALATOR_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
     let tracer_provider = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
         .ok()
@@ -69,4 +166,37 @@ pub fn init(default_level: &str) -> Telemetry {
         registry.with(fmt.compact()).try_init()
     };
     Telemetry { tracer_provider }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caps_libraries_only_when_everything_is_verbose() {
+        let trace = capped_directives("trace");
+        assert!(trace.starts_with("trace,"), "{trace}");
+        assert!(trace.contains(",lapin=info"), "{trace}");
+        assert!(trace.contains(",amq_protocol=info"), "{trace}");
+        assert!(trace.contains(",hyper=info"), "{trace}");
+        assert_eq!(capped_directives("info"), "info");
+        assert_eq!(
+            capped_directives("warn,escalator=debug"),
+            "warn,escalator=debug"
+        );
+    }
+
+    #[test]
+    fn a_crate_named_in_rust_log_keeps_its_level() {
+        let d = capped_directives("debug,lapin=trace");
+        assert!(
+            d.contains("lapin=trace") && !d.contains("lapin=info"),
+            "{d}"
+        );
+        assert!(d.contains(",redis=info"), "{d}");
+        // A more specific name covers the crate it belongs to.
+        let d = capped_directives("trace,amq_protocol_types=trace");
+        assert!(!d.contains("amq_protocol=info"), "{d}");
+        assert!(EnvFilter::try_new(d).is_ok());
+    }
 }

@@ -12,9 +12,11 @@
 //!
 //! Every problem is reported at start-up, naming the org, the field and the fix.
 mod salesforce;
+mod toml_error;
 mod zendesk;
 
 pub use salesforce::{SalesforceConfig, SalesforceIdempotency};
+pub use toml_error::TomlProblem;
 pub use zendesk::ZendeskConfig;
 
 use crate::contract::ProviderKind;
@@ -48,8 +50,12 @@ pub enum ConfigError {
         path: String,
         source: std::io::Error,
     },
-    #[error("config file {path} is not valid TOML for escalator: {message}")]
-    Parse { path: String, message: String },
+    /// Located (line, column, org, table path) and explained, without the value.
+    #[error("config file {path} is not valid for escalator: {problem}")]
+    Parse {
+        path: String,
+        problem: Box<toml_error::TomlProblem>,
+    },
     #[error("invalid configuration:\n{}", .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
     Invalid(Vec<ConfigProblem>),
 }
@@ -117,8 +123,8 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: origin.to_string(),
-            // toml's message quotes the offending line: it may hold a secret.
-            message: redact_toml_error(&e),
+            // toml's and serde's messages quote the value: it may be a secret.
+            problem: Box::new(toml_error::describe(text, &e)),
         })?;
         let mut problems = Vec::new();
         if raw.orgs.is_empty() {
@@ -191,14 +197,6 @@ pub fn valid_org_id(id: &str) -> bool {
         && !b[0].is_ascii_uppercase()
         && b.iter()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-' || *c == b'_')
-}
-
-fn redact_toml_error(e: &toml::de::Error) -> String {
-    let mut msg = e.message().to_string();
-    if let Some(span) = e.span() {
-        msg.push_str(&format!(" (at byte {}..{})", span.start, span.end));
-    }
-    msg
 }
 
 /// Validate an optional `base_url` override: absolute http(s) URL.

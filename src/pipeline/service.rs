@@ -4,6 +4,7 @@ use super::{Context, intake, membership, shard};
 use crate::amqp::{self, ChannelKeeper, Publisher};
 use crate::config::Config;
 use crate::error::InfraError;
+use crate::explain;
 use crate::provider::retry::RetryPolicy;
 use crate::provider::{HttpSettings, Providers};
 use crate::schema::Schemas;
@@ -15,18 +16,22 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// Why the worker could not start.
+/// Why the worker could not start. Each message names what failed and the fix.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot reach Redis at {url}: {source}. Start it, e.g.: redis-server --daemonize yes")]
-    Redis {
-        url: String,
-        source: redis::RedisError,
-    },
-    #[error("cannot reach RabbitMQ at {url}: {source}. Start it, e.g.: rabbitmq-server -detached")]
-    Amqp { url: String, source: lapin::Error },
+    /// Redis is down, refuses the login, or the URL does not parse
+    /// (explained, without the password).
+    #[error("{0}")]
+    Redis(String),
+    /// RabbitMQ is down, refuses the login, has no such vhost, or the URL
+    /// does not parse (explained, without the password).
+    #[error("{0}")]
+    Amqp(String),
     #[error("cannot declare the AMQP topology: {0}")]
     Topology(lapin::Error),
+    /// Another shard count or delivery limit than the deployment's.
+    #[error("{0}")]
+    Deployment(#[from] crate::deployment::DeploymentError),
     #[error("{0}")]
     Setup(String),
 }
@@ -46,14 +51,11 @@ impl Worker {
             settings.state_ttl(),
         )
         .await
-        .map_err(|source| StartError::Redis {
-            url: settings.redis_url_redacted(),
-            source,
-        })?;
-        store.ping().await.map_err(|source| StartError::Redis {
-            url: settings.redis_url_redacted(),
-            source,
-        })?;
+        .map_err(|e| StartError::Redis(explain::redis(&settings.redis_url, &e)))?;
+        store
+            .ping()
+            .await
+            .map_err(|e| StartError::Redis(explain::redis(&settings.redis_url, &e)))?;
         let schemas = Schemas::load().map_err(|e| StartError::Setup(format!("schemas: {e}")))?;
         let http = HttpSettings {
             timeout: Duration::from_millis(settings.http_timeout_ms),
@@ -61,10 +63,15 @@ impl Worker {
         let providers = Providers::build(&config, &store, &http).map_err(StartError::Setup)?;
         let conn = amqp::connect(&settings.amqp_url, "escalator-worker-check")
             .await
-            .map_err(|source| StartError::Amqp {
-                url: settings.amqp_url_redacted(),
-                source,
-            })?;
+            .map_err(|e| StartError::Amqp(explain::amqp(&settings.amqp_url, &e)))?;
+        crate::deployment::check_worker(
+            &conn,
+            &mut store.connection(),
+            &settings.key_prefix,
+            settings.shards,
+            settings.delivery_limit,
+        )
+        .await?;
         let channel = conn.create_channel().await.map_err(StartError::Topology)?;
         Topology::new(settings.shards, settings.delivery_limit)
             .declare(&channel)

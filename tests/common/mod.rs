@@ -6,6 +6,7 @@ use escalator::amqp;
 use escalator::config::Config;
 use escalator::contract::{OutboundEvent, OutboundPayload};
 use escalator::sandbox::{Listener, Sandbox};
+use escalator::scratch::VhostAdmin;
 use escalator::settings::Settings;
 use escalator::sim::{self, SimHandle, SimSettings};
 use escalator::store::Store;
@@ -16,14 +17,19 @@ use lapin::types::{FieldTable, ShortString};
 use serde_json::{Value, json};
 use std::time::Duration;
 
-pub const MGMT: &str = "http://127.0.0.1:15672";
+/// The RabbitMQ management API, used to make the tests' vhosts when it answers.
+pub const MGMT: &str = escalator::scratch::MANAGEMENT_URL;
 pub const WAIT: Duration = Duration::from_secs(30);
+/// Set to `rabbitmqctl` to make every vhost with rabbitmqctl even when the
+/// management API answers (the path of a fresh RabbitMQ install).
+pub const VHOST_ADMIN_ENV: &str = "ESCALATOR_TEST_VHOST_ADMIN";
 
 pub struct TestEnv {
     pub name: String,
     pub vhost: String,
     pub settings: Settings,
-    http: reqwest::Client,
+    /// How this test's vhost was made (and is removed).
+    pub admin: VhostAdmin,
     cleaned: bool,
 }
 
@@ -31,38 +37,49 @@ fn mgmt_vhost_path(vhost: &str) -> String {
     vhost.replace('/', "%2F")
 }
 
+/// Whether the management API answered the first test that asked (the
+/// answer is the same for every test of the run).
+static USE_MANAGEMENT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+const GUEST_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+async fn vhost_admin() -> VhostAdmin {
+    if std::env::var(VHOST_ADMIN_ENV).is_ok_and(|v| v == "rabbitmqctl") {
+        return VhostAdmin::rabbitmqctl(GUEST_URL);
+    }
+    let use_management = match USE_MANAGEMENT.get() {
+        Some(m) => *m,
+        None => {
+            let detected = VhostAdmin::detect(MGMT, GUEST_URL)
+                .await
+                .unwrap_or_else(|e| panic!("tests need RabbitMQ: {e}"));
+            *USE_MANAGEMENT.get_or_init(|| matches!(detected, VhostAdmin::Management { .. }))
+        }
+    };
+    if use_management {
+        VhostAdmin::management(MGMT, GUEST_URL).unwrap()
+    } else {
+        VhostAdmin::rabbitmqctl(GUEST_URL)
+    }
+}
+
 impl TestEnv {
     /// A fresh vhost and key prefix, with settings tuned for fast tests
-    /// (short backoffs and retry delay, 4 shards).
+    /// (short backoffs and retry delay, 4 shards). The vhost is made with the
+    /// management API when it answers, else with rabbitmqctl.
     pub async fn new(name: &str) -> TestEnv {
+        let admin = vhost_admin().await;
+        Self::new_with(name, admin).await
+    }
+
+    /// [`TestEnv::new`], with the vhost made (and removed) by `admin`.
+    pub async fn new_with(name: &str, admin: VhostAdmin) -> TestEnv {
         let id = uuid::Uuid::new_v4().simple().to_string()[..10].to_string();
         let vhost = format!("escalator-test-{name}-{id}");
-        let http = reqwest::Client::builder().no_proxy().build().unwrap();
-        let put = http
-            .put(format!("{MGMT}/api/vhosts/{}", mgmt_vhost_path(&vhost)))
-            .basic_auth("guest", Some("guest"))
-            .json(&json!({}))
-            .send()
+        admin
+            .create_vhost(&vhost)
             .await
-            .unwrap_or_else(|e| {
-                panic!("the RabbitMQ management API is needed at {MGMT} (rabbitmq-plugins enable rabbitmq_management): {e}")
-            });
-        assert!(put.status().is_success(), "create vhost: {}", put.status());
-        let perm = http
-            .put(format!(
-                "{MGMT}/api/permissions/{}/guest",
-                mgmt_vhost_path(&vhost)
-            ))
-            .basic_auth("guest", Some("guest"))
-            .json(&json!({"configure": ".*", "write": ".*", "read": ".*"}))
-            .send()
-            .await
-            .unwrap();
-        assert!(
-            perm.status().is_success(),
-            "set permissions: {}",
-            perm.status()
-        );
+            .unwrap_or_else(|e| panic!("cannot create the test vhost {vhost}: {e}"));
         let mut settings = Settings::from_env().unwrap();
         settings.amqp_url = format!(
             "amqp://guest:guest@127.0.0.1:5672/{}",
@@ -83,7 +100,7 @@ impl TestEnv {
             name: name.to_string(),
             vhost,
             settings,
-            http,
+            admin,
             cleaned: false,
         }
     }
@@ -208,7 +225,7 @@ impl TestEnv {
     /// Delete the vhost and every Redis key of the test.
     pub async fn cleanup(mut self) {
         self.cleaned = true;
-        remove_test_state(&self.http, &self.vhost, &self.settings).await;
+        remove_test_state(&self.admin, &self.vhost, &self.settings).await;
     }
 }
 
@@ -219,6 +236,11 @@ impl Drop for TestEnv {
             return;
         }
         let (vhost, settings) = (self.vhost.clone(), self.settings.clone());
+        let admin = match &self.admin {
+            // A fresh client: the test's runtime may be gone.
+            VhostAdmin::Management { .. } => VhostAdmin::management(MGMT, GUEST_URL).ok(),
+            other => Some(other.clone()),
+        };
         let _ = std::thread::spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -226,16 +248,15 @@ impl Drop for TestEnv {
             else {
                 return;
             };
-            rt.block_on(async {
-                let http = reqwest::Client::builder().no_proxy().build().unwrap();
-                remove_test_state(&http, &vhost, &settings).await;
-            });
+            if let Some(admin) = admin {
+                rt.block_on(remove_test_state(&admin, &vhost, &settings));
+            }
         })
         .join();
     }
 }
 
-async fn remove_test_state(http: &reqwest::Client, vhost: &str, settings: &Settings) {
+async fn remove_test_state(admin: &VhostAdmin, vhost: &str, settings: &Settings) {
     if let Ok(store) = Store::connect(
         &settings.redis_url,
         &settings.key_prefix,
@@ -245,11 +266,7 @@ async fn remove_test_state(http: &reqwest::Client, vhost: &str, settings: &Setti
     {
         let _ = store.delete_all().await;
     }
-    let _ = http
-        .delete(format!("{MGMT}/api/vhosts/{}", mgmt_vhost_path(vhost)))
-        .basic_auth("guest", Some("guest"))
-        .send()
-        .await;
+    let _ = admin.delete_vhost(vhost).await;
 }
 
 fn url_encode(s: &str) -> String {
