@@ -382,21 +382,33 @@ async fn process(
         let event = match parsed {
             Ok(event) => event,
             Err(reason) => {
-                let rejected = Rejected {
-                    meta: &meta,
-                    shard_key: d.routing_key.as_str(),
-                    body: &d.data,
-                    props: &d.properties,
-                    reason,
-                };
-                match rejection::reject(ctx, publisher, rejected).await {
-                    Ok(()) => settle_ack(&acker).await,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot dead-letter the unusable message: requeueing it");
-                        amqp::requeue(&acker).await;
+                // Kept (unacked) and retried with backoff while our
+                // infrastructure fails, e.g. a full dead-letter queue.
+                let mut wait = Duration::from_millis(500);
+                loop {
+                    let rejected = Rejected {
+                        meta: &meta,
+                        shard_key: d.routing_key.as_str(),
+                        body: &d.data,
+                        props: &d.properties,
+                        reason: reason.clone(),
+                    };
+                    match rejection::reject(ctx, publisher, rejected).await {
+                        Ok(()) => {
+                            settle_ack(&acker).await;
+                            return;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, wait_ms = wait.as_millis() as u64, "cannot dead-letter the unusable message: will retry");
+                            tokio::select! {
+                                _ = stop.cancelled() => { amqp::requeue(&acker).await; return; }
+                                _ = lost.cancelled() => return,
+                                _ = tokio::time::sleep(wait) => {}
+                            }
+                            wait = (wait * 2).min(Duration::from_secs(10));
+                        }
                     }
                 }
-                return;
             }
         };
         let item = WorkItem {
