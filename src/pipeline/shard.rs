@@ -398,14 +398,16 @@ async fn process(
                             settle_ack(&acker).await;
                             return;
                         }
+                        Err(e) if e.recovery() == Recovery::RebuildSession => {
+                            tracing::warn!(error = %e, "cannot dead-letter the unusable message (AMQP session broken): rebuilding the session");
+                            lost.cancel();
+                            return;
+                        }
                         Err(e) => {
                             tracing::warn!(error = %e, wait_ms = wait.as_millis() as u64, "cannot dead-letter the unusable message: will retry");
-                            tokio::select! {
-                                _ = stop.cancelled() => { amqp::requeue(&acker).await; return; }
-                                _ = lost.cancelled() => return,
-                                _ = tokio::time::sleep(wait) => {}
+                            if !pause(&mut wait, stop, lost, &acker).await {
+                                return;
                             }
-                            wait = (wait * 2).min(Duration::from_secs(10));
                         }
                     }
                 }
@@ -431,12 +433,9 @@ async fn process(
             match err.recovery() {
                 Recovery::Wait => {
                     tracing::warn!(error = %err, wait_ms = wait.as_millis() as u64, "infrastructure error: will retry the message");
-                    tokio::select! {
-                        _ = stop.cancelled() => { amqp::requeue(&acker).await; return; }
-                        _ = lost.cancelled() => return,
-                        _ = tokio::time::sleep(wait) => {}
+                    if !pause(&mut wait, stop, lost, &acker).await {
+                        return;
                     }
-                    wait = (wait * 2).min(Duration::from_secs(10));
                 }
                 Recovery::DeadLetter => {
                     match handler::dead_letter_stuck(publisher, &item, &err).await {
@@ -468,6 +467,25 @@ async fn process(
     }
     .instrument(span)
     .await
+}
+
+/// Wait `wait` before trying a message again after an infrastructure error
+/// that clears by waiting (the wait doubles, up to 10 s). False when the
+/// session ends first: on shutdown the message is handed back; when the
+/// connection is lost the broker redelivers it.
+async fn pause(
+    wait: &mut Duration,
+    stop: &CancellationToken,
+    lost: &CancellationToken,
+    acker: &Acker,
+) -> bool {
+    tokio::select! {
+        _ = stop.cancelled() => { amqp::requeue(acker).await; return false; }
+        _ = lost.cancelled() => return false,
+        _ = tokio::time::sleep(*wait) => {}
+    }
+    *wait = (*wait * 2).min(Duration::from_secs(10));
+    true
 }
 
 async fn settle_ack(acker: &Acker) {
