@@ -3,8 +3,9 @@
 //! next to a raw-broker baseline measured in the same run, on the same
 //! broker, in the same vhost, with the same prefetch and concurrency.
 //!
-//! The run isolates itself: a fresh RabbitMQ vhost (management API) and a
-//! unique Redis key prefix, both removed at the end, also after an error.
+//! The run isolates itself: a fresh RabbitMQ vhost (management API, else
+//! `rabbitmqctl`; never the default vhost) and a unique Redis key prefix,
+//! both removed at the end, also after an error or Ctrl-C.
 mod baseline;
 mod cpu;
 mod isolation;
@@ -15,7 +16,6 @@ mod profile;
 mod report;
 
 use crate::settings::Settings;
-use isolation::Isolation;
 use std::time::Duration;
 
 /// Publishes kept in flight (sent, confirm not yet received) by the producer.
@@ -72,14 +72,15 @@ pub async fn run(settings: Settings, mode: Mode) -> Result<(), String> {
             println!("escalator bench: memory after up to {conversations} distinct conversations")
         }
     }
-    let isolation = Isolation::create(&settings).await?;
+    let scratch = isolation::create(&settings).await?;
     let mut settings = settings;
-    settings.amqp_url = isolation.amqp_url.clone();
-    settings.key_prefix = isolation.key_prefix.clone();
+    settings.amqp_url = scratch.amqp_url.clone();
+    settings.key_prefix = scratch.key_prefix.clone();
     println!(
-        "  RabbitMQ  {} ({})",
+        "  RabbitMQ  {} (vhost {}, made for this run with {})",
         settings.amqp_url_redacted(),
-        isolation.vhost_note()
+        scratch.vhost,
+        scratch.admin.describe()
     );
     println!(
         "  Redis     {} (key prefix {})",
@@ -94,7 +95,7 @@ pub async fn run(settings: Settings, mode: Mode) -> Result<(), String> {
             Err(e) => format!("cannot listen for Ctrl-C: {e}"),
         }),
     };
-    let cleanup = isolation.remove(&settings).await;
+    let cleanup = scratch.remove(&settings.redis_url).await;
     match (outcome, cleanup) {
         (Ok(report), Ok(())) => {
             report.print();
@@ -112,6 +113,7 @@ pub async fn run(settings: Settings, mode: Mode) -> Result<(), String> {
 }
 
 async fn stages(settings: &Settings, mode: Mode) -> Result<Outcome, String> {
+    isolation::record_shape(settings).await?;
     let count = match mode {
         Mode::Throughput { count } => count,
         Mode::Memory { conversations } => {
