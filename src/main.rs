@@ -110,8 +110,9 @@ enum Command {
 const BENCH_HELP: &str = "\
 Environment:
   ESCALATOR_MANAGEMENT_URL     RabbitMQ management API used to create the benchmark's own
-                               vhost (default http://127.0.0.1:15672); without it the run
-                               falls back to the default vhost.
+                               vhost (default http://127.0.0.1:15672); without it,
+                               rabbitmqctl on the PATH is used, else the run stops and
+                               says how to provide one (it never uses the default vhost).
   RUST_LOG, ESCALATOR_LOG_FORMAT, OTEL_EXPORTER_OTLP_ENDPOINT: as for every command
                                (see escalator --help).";
 

@@ -135,7 +135,10 @@ async fn worker_stamps(settings: &Settings, ids: &[String]) -> Result<Vec<Worker
         pipe.get(key(id, ":attempt:ticket"))
             .hget(
                 key(id, ":events"),
-                format!("{message_id}/escalation.created"),
+                format!(
+                    "{}/escalation.created",
+                    crate::pipeline::handler::CONVERSATION_CAUSE
+                ),
             )
             .get(key(id, &format!(":done:{message_id}")));
     }
