@@ -48,6 +48,30 @@ pub fn settled_for(method: &reqwest::Method, err: ProviderError) -> ProviderErro
     }
 }
 
+/// Build and send one request, returning the response and its method. A
+/// request that cannot be built is a permanent protocol error; a transport
+/// failure is transient (and, for a safe method, certainly not landed).
+pub async fn execute(
+    http: &reqwest::Client,
+    rb: reqwest::RequestBuilder,
+    provider: &'static str,
+    op: &str,
+) -> Result<(reqwest::Response, reqwest::Method), ProviderError> {
+    let req = rb.build().map_err(|_| {
+        ProviderError::permanent(
+            provider,
+            ProviderErrorKind::Protocol,
+            format!("{op}: the request could not be built"),
+        )
+    })?;
+    let method = req.method().clone();
+    let resp = http
+        .execute(req)
+        .await
+        .map_err(|e| settled_for(&method, transport_error(provider, &e)))?;
+    Ok((resp, method))
+}
+
 /// `Retry-After` in seconds (the HTTP-date form is rare at these APIs and
 /// treated as absent).
 pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {

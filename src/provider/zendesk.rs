@@ -5,7 +5,7 @@
 //! `audit.metadata.custom`), so "was this message already added?" is an
 //! exact look-up in the ticket's audits, newest first.
 use super::budget::RateBudget;
-use super::http::{classify_status, retry_after, settled_for, transport_error};
+use super::http::{classify_status, execute, retry_after, settled_for, transport_error};
 use super::transcript;
 use super::{TicketProvider, TicketRequest};
 use crate::config::ZendeskConfig;
@@ -174,23 +174,10 @@ impl ZendeskClient {
         if let Some(budget) = &self.budget {
             budget.take().await?;
         }
-        let req = rb
+        let rb = rb
             .header(reqwest::header::AUTHORIZATION, self.auth.clone())
-            .header(reqwest::header::ACCEPT, "application/json")
-            .build()
-            .map_err(|_| {
-                ProviderError::permanent(
-                    PROVIDER,
-                    ProviderErrorKind::Protocol,
-                    format!("{op}: the request could not be built"),
-                )
-            })?;
-        let method = req.method().clone();
-        let resp = self
-            .http
-            .execute(req)
-            .await
-            .map_err(|e| settled_for(&method, transport_error(PROVIDER, &e)))?;
+            .header(reqwest::header::ACCEPT, "application/json");
+        let (resp, method) = execute(&self.http, rb, PROVIDER, op).await?;
         if let Some(remaining) = resp
             .headers()
             .get("x-rate-limit-remaining")

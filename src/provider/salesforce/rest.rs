@@ -3,7 +3,7 @@
 use super::errors::{PROVIDER, api_usage, rest_error};
 use super::token::{AccessToken, TokenSource};
 use crate::error::{ProviderError, ProviderErrorKind};
-use crate::provider::http::{retry_after, settled_for, transport_error};
+use crate::provider::http::{execute, retry_after, settled_for, transport_error};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use std::time::Duration;
@@ -171,23 +171,10 @@ impl Rest {
             instance_url: &token.instance_url,
             version: &self.version,
         };
-        let req = build(&self.http, &base)
+        let rb = build(&self.http, &base)
             .bearer_auth(token.token.expose())
-            .header(reqwest::header::ACCEPT, "application/json")
-            .build()
-            .map_err(|_| {
-                ProviderError::permanent(
-                    PROVIDER,
-                    ProviderErrorKind::Protocol,
-                    format!("{op}: the request could not be built"),
-                )
-            })?;
-        let method = req.method().clone();
-        let resp = self
-            .http
-            .execute(req)
-            .await
-            .map_err(|e| settled_for(&method, transport_error(PROVIDER, &e)))?;
+            .header(reqwest::header::ACCEPT, "application/json");
+        let (resp, method) = execute(&self.http, rb, PROVIDER, op).await?;
         let usage = resp
             .headers()
             .get("sforce-limit-info")
