@@ -161,10 +161,18 @@ fn keep_member_fresh(env: &TestEnv, member: &str) -> tokio::task::JoinHandle<()>
         loop {
             let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut c).await.unwrap();
             let now_ms = secs * 1000 + micros / 1000;
-            let _: () = redis::cmd("ZADD")
+            // With a TTL like the workers' own heartbeat, so that nothing is
+            // left behind should the test die before it aborts this task.
+            let _: () = redis::pipe()
+                .cmd("ZADD")
                 .arg(&key)
                 .arg(now_ms)
                 .arg(&member)
+                .ignore()
+                .cmd("PEXPIRE")
+                .arg(&key)
+                .arg(60_000)
+                .ignore()
                 .query_async(&mut c)
                 .await
                 .unwrap();
