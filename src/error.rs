@@ -88,6 +88,10 @@ pub struct ProviderError {
     pub retry_after: Option<Duration>,
     /// Whether the request may have taken effect anyway.
     pub landing: Landing,
+    /// Names of the request fields the provider refused (identifiers such as
+    /// `requester` or `SuppliedEmail`, never values), for callers that say
+    /// which part was wrong.
+    pub fields: Vec<String>,
 }
 
 impl ProviderError {
@@ -105,7 +109,14 @@ impl ProviderError {
             message: message.into(),
             retry_after: None,
             landing: Landing::NotLanded,
+            fields: Vec::new(),
         }
+    }
+
+    /// The refused request fields (names only).
+    pub fn with_fields(mut self, fields: Vec<String>) -> Self {
+        self.fields = fields;
+        self
     }
 
     pub fn transient(

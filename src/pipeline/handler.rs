@@ -359,10 +359,13 @@ fn widget_failure(
 /// Why the provider refused, in fixed words: the field it named, when it is
 /// one a person recognises (the provider's text itself is never copied).
 fn rejected_cause(p: &crate::error::ProviderError, name: &str) -> String {
-    let detail = p.message.to_ascii_lowercase();
+    // The refused fields' names (Zendesk `requester`, Salesforce
+    // `SuppliedEmail`...), never the provider's message text.
+    let names = p.fields.join(" ").to_ascii_lowercase();
+    let detail = names.as_str();
     if detail.contains("email") {
         "the requester's email address is invalid.".to_string()
-    } else if detail.contains("requester") {
+    } else if detail.contains("requester") || detail.contains("name") {
         "the requester's email address or name is invalid.".to_string()
     } else if detail.contains("subject") {
         "the subject was not accepted.".to_string()
@@ -472,4 +475,44 @@ async fn retry_later(
     publisher
         .publish(RETRY_EXCHANGE, &item.shard_key, &item.body, props)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ProviderError;
+
+    fn refused(message: &str, fields: &[&str]) -> ProcessError {
+        ProcessError::Provider(
+            ProviderError::permanent("salesforce", ProviderErrorKind::Validation, message)
+                .with_fields(fields.iter().map(|f| f.to_string()).collect()),
+        )
+    }
+
+    #[test]
+    fn the_widget_sentence_names_the_refused_field_not_the_providers_words() {
+        let (code, email) = widget_failure(
+            &refused(
+                "create case: HTTP 400 INVALID_EMAIL_ADDRESS",
+                &["SuppliedEmail"],
+            ),
+            "escalation.requested",
+            ProviderKind::Salesforce,
+        );
+        assert_eq!(code, FailureCode::ProviderRejected);
+        assert!(email.contains("email address is invalid"), "{email}");
+        let (_, subject) = widget_failure(
+            &refused("add comment: HTTP 422 RecordInvalid", &["subject"]),
+            "escalation.requested",
+            ProviderKind::Zendesk,
+        );
+        assert!(subject.contains("subject was not accepted"), "{subject}");
+        // Words in the provider's message decide nothing: only field names do.
+        let (_, plain) = widget_failure(
+            &refused("HTTP 422 the email was odd", &[]),
+            "escalation.requested",
+            ProviderKind::Zendesk,
+        );
+        assert!(!plain.contains("email"), "{plain}");
+    }
 }

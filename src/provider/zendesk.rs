@@ -401,7 +401,8 @@ async fn error_from_response(resp: reqwest::Response, op: &str) -> ProviderError
         }
         _ => {}
     }
-    ProviderError::http(PROVIDER, (class, kind), op, status, &detail, ra)
+    let names = parsed.as_ref().map(invalid_field_names).unwrap_or_default();
+    ProviderError::http(PROVIDER, (class, kind), op, status, &detail, ra).with_fields(names)
 }
 
 /// `s` if it looks like an identifier (an error code or a field name), not prose.
@@ -424,6 +425,14 @@ fn error_code(v: &Value) -> Option<String> {
 }
 
 /// `field (Code, ..)` for each field of a 422's `details`.
+/// The names of the fields in a 422's `details` (identifier-like ones only).
+fn invalid_field_names(v: &Value) -> Vec<String> {
+    v["details"]
+        .as_object()
+        .map(|d| d.keys().filter_map(|f| code_like(f)).collect())
+        .unwrap_or_default()
+}
+
 fn invalid_fields(v: &Value) -> Vec<String> {
     let Some(details) = v["details"].as_object() else {
         return Vec::new();

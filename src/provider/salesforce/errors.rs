@@ -176,7 +176,11 @@ pub(super) fn rest_error(
             " (the Run As user of the External Client App lacks a permission: API Enabled, and create/edit on Case)",
         );
     }
-    ProviderError::http(PROVIDER, (class, kind), op, status, &detail, retry)
+    let fields = errors
+        .iter()
+        .flat_map(|e| e.fields.iter().cloned())
+        .collect();
+    ProviderError::http(PROVIDER, (class, kind), op, status, &detail, retry).with_fields(fields)
 }
 
 /// Turn a failed answer of the OAuth token endpoint into a typed error whose
