@@ -372,43 +372,6 @@ async fn salesforce_errors_quoting_context_values_are_redacted() {
     assert!(!format!("{err:?}").contains(&canary));
 }
 
-/// `escalator worker` as a process, logging at `level`.
-fn spawn_worker_logging(
-    env: &TestEnv,
-    sim_url: &str,
-    dir: &std::path::Path,
-    name: &str,
-    level: &str,
-) -> WorkerProcess {
-    let config = dir.join(format!("{name}.toml"));
-    std::fs::write(&config, sandbox_config(sim_url)).unwrap();
-    let log = dir.join(format!("{name}.log"));
-    let file = std::fs::File::create(&log).unwrap();
-    let vars: Vec<(String, String)> = env
-        .worker_env(&env.settings)
-        .into_iter()
-        .map(|(k, v)| {
-            let v = if k == "RUST_LOG" {
-                level.to_string()
-            } else {
-                v
-            };
-            (k, v)
-        })
-        .collect();
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_escalator"))
-        .arg("worker")
-        .arg("--config")
-        .arg(&config)
-        .envs(vars)
-        .stdout(std::process::Stdio::null())
-        .stderr(file)
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    WorkerProcess { child, log }
-}
-
 /// Zendesk error bodies that echo the requester's email and the subject: a
 /// 422 (permanent) and a text/plain 503 (transient until the last round).
 async fn canaries_stay_out(level: &str) {
@@ -422,7 +385,12 @@ async fn canaries_stay_out(level: &str) {
     let client = Client::connect(&env.settings).await.unwrap();
     let mut widget = client.listen(&format!("{ORG}.#")).await.unwrap();
     let mut dlq = env.dead_letters().await;
-    let worker = spawn_worker_logging(&env, &sim.base_url(), dir.path(), "worker", level);
+    let worker = env.spawn_worker_env(
+        &sandbox_config(&sim.base_url()),
+        dir.path(),
+        "worker",
+        &[("RUST_LOG", level)],
+    );
     let body = |conv: &str| {
         let mut b = escalation(ORG, conv);
         b["customer"]["email"] = json!(email);
@@ -496,6 +464,9 @@ async fn canaries_stay_out(level: &str) {
     assert!(worker.terminate().await.success());
     let log = std::fs::read_to_string(dir.path().join("worker.log")).unwrap();
     assert!(log.contains("conv-503"), "the log is there: {log}");
+    if level == "debug" {
+        assert!(log.contains("DEBUG"), "the worker logged at debug level");
+    }
     for canary in [&email, &subject] {
         let hits: Vec<&str> = log
             .lines()

@@ -471,6 +471,18 @@ impl TestEnv {
         dir: &std::path::Path,
         name: &str,
     ) -> WorkerProcess {
+        self.spawn_worker_env(config_text, dir, name, &[])
+    }
+
+    /// Start `escalator worker` with this org config text and these
+    /// environment variables on top of the test's settings (e.g. `RUST_LOG`).
+    pub fn spawn_worker_env(
+        &self,
+        config_text: &str,
+        dir: &std::path::Path,
+        name: &str,
+        overrides: &[(&str, &str)],
+    ) -> WorkerProcess {
         let config = dir.join(format!("{name}.toml"));
         std::fs::write(&config, config_text).unwrap();
         let log = dir.join(format!("{name}.log"));
@@ -480,6 +492,7 @@ impl TestEnv {
             .arg("--config")
             .arg(&config)
             .envs(self.worker_env(&self.settings))
+            .envs(overrides.iter().copied())
             .stdout(std::process::Stdio::null())
             .stderr(file)
             .kill_on_drop(true)
