@@ -217,14 +217,14 @@ return 1
 
 /// Take a conversation's lease alone (no message bookkeeping), for work that
 /// is not an ordinary message run (rejections). KEYS: lease, conversation
-/// hash. ARGV: owner, TTL (ms), state TTL (s). Returns {generation, 0} or,
-/// when held by another runner, {0, its PTTL}.
+/// hash. ARGV: owner, TTL (ms), state TTL (s). Returns {generation, 0,
+/// record or false} or, when held by another runner, {0, its PTTL, false}.
 const ACQUIRE: &str = r#"
-if redis.call('EXISTS', KEYS[1]) == 1 then return {0, redis.call('PTTL', KEYS[1])} end
+if redis.call('EXISTS', KEYS[1]) == 1 then return {0, redis.call('PTTL', KEYS[1]), false} end
 local gen = redis.call('HINCRBY', KEYS[2], 'lease_gen', 1)
 if redis.call('TTL', KEYS[2]) < 0 then redis.call('EXPIRE', KEYS[2], ARGV[3]) end
 redis.call('SET', KEYS[1], gen .. ':' .. ARGV[1], 'PX', ARGV[2])
-return {gen, 0}
+return {gen, 0, redis.call('HGET', KEYS[2], 'record')}
 "#;
 
 /// KEYS: lease. ARGV: lease value, TTL (ms). Extends the lease if still held.
@@ -444,16 +444,17 @@ impl Store {
         })
     }
 
-    /// Take the conversation's lease without running a message: `Ok(lease)`,
-    /// or `Err(time left)` of the runner holding it.
+    /// Take the conversation's lease without running a message: `Ok` with
+    /// the lease and the conversation record (if any), or `Err(time left)` of
+    /// the runner holding it.
     pub async fn acquire_lease(
         &self,
         org: &str,
         conv: &str,
         claim: &Claim,
-    ) -> Result<Result<Lease, Duration>, redis::RedisError> {
+    ) -> Result<Result<(Lease, Option<ConversationRecord>), Duration>, InfraError> {
         let mut c = self.conn.clone();
-        let (generation, busy_ms): (u64, i64) = ACQUIRE_SCRIPT
+        let (generation, busy_ms, record): (u64, i64, Option<String>) = ACQUIRE_SCRIPT
             .key(self.key(org, conv, ":lease"))
             .key(self.key(org, conv, ""))
             .arg(&claim.owner)
@@ -464,12 +465,14 @@ impl Store {
         if generation == 0 {
             return Ok(Err(Duration::from_millis(busy_ms.max(0) as u64)));
         }
-        Ok(Ok(Lease {
+        let record = record.map(|r| read_record(org, conv, &r)).transpose()?;
+        let lease = Lease {
             org_id: org.to_string(),
             conversation_id: conv.to_string(),
             generation,
             value: format!("{generation}:{}", claim.owner),
-        }))
+        };
+        Ok(Ok((lease, record)))
     }
 
     /// Extend the lease by `ttl`. False when it is no longer held (expired,

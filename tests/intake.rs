@@ -669,3 +669,50 @@ async fn a_full_dead_letter_queue_keeps_the_message_and_says_so() {
     sim.shutdown().await;
     env.cleanup().await;
 }
+
+/// A conversation escalated to the org's other provider (a per-event
+/// `provider` override) hears its rejections named for that provider: the
+/// event's `provider` and the sentence follow the conversation, not the org's
+/// default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejection_names_the_provider_the_conversation_went_to() {
+    let env = TestEnv::new("rej-provider").await;
+    let sb = env
+        .sandbox_with(env.settings.clone(), |sim_url| {
+            format!(
+                "{}\n[orgs.{ORG}.salesforce]\nmy_domain = \"{sim_url}\"\nclient_id = \"sim-client-id\"\nclient_secret = \"sim-client-secret\"\n",
+                escalator::sandbox::sandbox_config(sim_url)
+            )
+        })
+        .await;
+    let mut widget = sb.listen(&format!("{ORG}.#")).await.unwrap();
+    let conv = "conv-rej-override";
+    let mut first = escalation(ORG, conv);
+    first["provider"] = json!("salesforce");
+    sb.publish("escalation.requested", "m-override", &first)
+        .await
+        .unwrap();
+    let e = next_event(&mut widget, conv).await;
+    assert_eq!(
+        created(&e).external_kind,
+        escalator::contract::ExternalKind::SalesforceCase
+    );
+    // Then a repeat request that fails its schema.
+    let mut bad = escalation(ORG, conv);
+    bad["mode"] = json!("carrier-pigeon");
+    sb.publish("escalation.requested", "m-override-bad", &bad)
+        .await
+        .unwrap();
+    let e = next_event(&mut widget, conv).await;
+    let f = failed(&e);
+    assert_eq!(f.code, FailureCode::InvalidRequest);
+    assert_eq!(e.provider, escalator::contract::ProviderKind::Salesforce);
+    assert!(
+        f.reason
+            .starts_with("The support case could not be created"),
+        "{}",
+        f.reason
+    );
+    sb.stop().await;
+    env.cleanup().await;
+}

@@ -12,7 +12,7 @@ use crate::contract::{
     EscalationFailed, FailureCode, InboundKind, OutboundPayload, failure_sentence,
 };
 use crate::error::{ErrorClass, InfraError};
-use crate::store::Lease;
+use crate::store::{ConversationRecord, Lease};
 use lapin::BasicProperties;
 
 /// What the widget is told, whatever the technical reason was.
@@ -51,13 +51,15 @@ pub async fn reject(
         InboundKind::from_routing_key(routing_key),
         m.conversation_id.is_empty(),
     ) {
+        let (lease, record) = acquire(ctx, m).await?;
+        // The provider the conversation went to (a per-event override), else the org's.
+        let provider = record.map_or(org.provider, |r| r.provider);
         let failed = OutboundPayload::EscalationFailed(EscalationFailed {
-            reason: failure_sentence(routing_key, org.provider, CAUSE),
+            reason: failure_sentence(routing_key, provider, CAUSE),
             code: FailureCode::InvalidRequest,
             error_class: ErrorClass::Permanent,
             failed_event: routing_key.to_string(),
         });
-        let lease = acquire(ctx, m).await?;
         let key = format!("{}/{}", m.dedupe_id, failed.event_type());
         let published = async {
             let seqs = ctx.store.commit(&lease, None, &[key]).await?;
@@ -65,7 +67,7 @@ pub async fn reject(
                 publisher,
                 &m.org_id,
                 &m.conversation_id,
-                org.provider,
+                provider,
                 &m.dedupe_id,
                 std::iter::once(failed).zip(seqs),
             )
@@ -90,7 +92,10 @@ pub async fn reject(
 
 /// The conversation's lease, waiting (at most one lease TTL) for another
 /// runner to finish: the event's seq is fenced like any other.
-async fn acquire(ctx: &Context, m: &Meta) -> Result<Lease, InfraError> {
+async fn acquire(
+    ctx: &Context,
+    m: &Meta,
+) -> Result<(Lease, Option<ConversationRecord>), InfraError> {
     let claim = claim(ctx);
     let mut wait = lease::Wait::new(claim.ttl);
     let started = tokio::time::Instant::now();
@@ -100,7 +105,7 @@ async fn acquire(ctx: &Context, m: &Meta) -> Result<Lease, InfraError> {
             .acquire_lease(&m.org_id, &m.conversation_id, &claim)
             .await?
         {
-            Ok(lease) => return Ok(lease),
+            Ok(acquired) => return Ok(acquired),
             Err(left) => {
                 if !wait.pause(Some(left)).await {
                     return Err(InfraError::LeaseBusy {
