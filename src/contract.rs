@@ -344,7 +344,58 @@ pub struct EscalationCreated {
     pub url: String,
     /// Set when a live request became a ticket or case, and why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fallback_reason: Option<String>,
+    pub fallback_reason: Option<FallbackReason>,
+}
+
+/// Why a live request became a ticket or case (`escalation.created`'s
+/// `fallback_reason`). The values are part of the contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FallbackReason {
+    /// The org's business-hours schedule is closed now.
+    OutsideBusinessHours,
+    /// No agent is online to take the chat.
+    NoAgentOnline,
+    /// The hand-over failed for good half-way; the ticket carries the transcript.
+    HandoverFailed,
+    /// Live chat is switched off (or not set up) for the org and provider.
+    LiveChatOff,
+}
+
+impl FallbackReason {
+    pub const ALL: [FallbackReason; 4] = [
+        FallbackReason::OutsideBusinessHours,
+        FallbackReason::NoAgentOnline,
+        FallbackReason::HandoverFailed,
+        FallbackReason::LiveChatOff,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FallbackReason::OutsideBusinessHours => "outside_business_hours",
+            FallbackReason::NoAgentOnline => "no_agent_online",
+            FallbackReason::HandoverFailed => "handover_failed",
+            FallbackReason::LiveChatOff => "live_chat_off",
+        }
+    }
+
+    /// A sentence for the agent's copy of the transcript.
+    pub fn sentence(self) -> &'static str {
+        match self {
+            FallbackReason::OutsideBusinessHours => {
+                "The customer asked for a live chat outside business hours."
+            }
+            FallbackReason::NoAgentOnline => {
+                "The customer asked for a live chat while no agent was online."
+            }
+            FallbackReason::HandoverFailed => {
+                "The customer asked for a live chat, but the hand-over to an agent failed."
+            }
+            FallbackReason::LiveChatOff => {
+                "The customer asked for a live chat, which is switched off for this organisation."
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -24,3 +24,4 @@ pub mod sim;
 pub mod store;
 pub mod telemetry;
 pub mod topology;
+pub mod webhook;

@@ -15,7 +15,7 @@
 //!
 //! The conversation hash also holds `lease_gen`, the last lease generation
 //! (the fencing token checked by COMMIT and FINISH).
-use crate::contract::{ExternalKind, Mode, ProviderKind};
+use crate::contract::{ExternalKind, FallbackReason, Mode, ProviderKind};
 use crate::error::InfraError;
 use chrono::{DateTime, Utc};
 use redis::AsyncCommands;
@@ -55,10 +55,28 @@ pub struct ConversationRecord {
     pub mode: Mode,
     pub status: ConversationStatus,
     pub external: ExternalRef,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fallback_reason: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "fallback_reason_or_legacy"
+    )]
+    pub fallback_reason: Option<FallbackReason>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// A record's `fallback_reason`: a code, or (records written before the
+/// codes existed) the sentence of the only fallback there was then.
+fn fallback_reason_or_legacy<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<FallbackReason>, D::Error> {
+    let raw = Option::<String>::deserialize(d)?;
+    Ok(raw.map(|s| {
+        FallbackReason::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .unwrap_or(FallbackReason::LiveChatOff)
+    }))
 }
 
 /// Whether a message may run now, given the conversation's parked messages.

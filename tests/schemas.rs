@@ -230,7 +230,7 @@ fn every_rust_outbound_payload_validates() {
             external_id: "500Hn00001XyZabIAF".into(),
             external_number: Some("00001042".into()),
             url: "https://globex.my.salesforce.com/lightning/r/Case/500Hn00001XyZabIAF/view".into(),
-            fallback_reason: Some("no agent available".into()),
+            fallback_reason: Some(escalator::contract::FallbackReason::NoAgentOnline),
         }),
         OutboundPayload::EscalationCreated(EscalationCreated {
             mode: Mode::Live,

@@ -14,10 +14,12 @@
 mod salesforce;
 mod toml_error;
 mod zendesk;
+mod zendesk_live;
 
 pub use salesforce::{SalesforceConfig, SalesforceIdempotency};
 pub use toml_error::TomlProblem;
 pub use zendesk::ZendeskConfig;
+pub use zendesk_live::{Availability, ZendeskLiveConfig};
 
 use crate::contract::ProviderKind;
 use serde::Deserialize;
@@ -164,6 +166,11 @@ impl Config {
             if let Some(z) = org.zendesk.as_mut() {
                 for (field, fix) in z.validate(env) {
                     p(&format!("zendesk.{field}"), fix);
+                }
+                if let Some(live) = z.live.as_mut() {
+                    for (field, fix) in live.validate(env) {
+                        p(&format!("zendesk.live.{field}"), fix);
+                    }
                 }
             }
             if let Some(s) = org.salesforce.as_mut() {

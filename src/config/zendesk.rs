@@ -30,6 +30,9 @@ pub struct ZendeskConfig {
     /// Unset: no budget (429 answers are still honoured).
     #[serde(default)]
     pub requests_per_minute: Option<u32>,
+    /// Live chat through Sunshine Conversations and Zendesk webhooks.
+    #[serde(default)]
+    pub live: Option<super::ZendeskLiveConfig>,
 }
 
 impl ZendeskConfig {
@@ -96,5 +99,10 @@ impl ZendeskConfig {
             ));
         }
         problems
+    }
+
+    /// The live-chat settings, when live chat is configured and switched on.
+    pub fn live_chat(&self) -> Option<&super::ZendeskLiveConfig> {
+        self.live.as_ref().filter(|l| l.enabled)
     }
 }

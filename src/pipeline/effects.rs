@@ -3,7 +3,8 @@
 //! try may have reached the provider (then we look before we create).
 use super::Context;
 use crate::contract::{
-    CustomerMessage, EscalationCreated, EscalationRequested, Mode, OutboundPayload, ProviderKind,
+    CustomerMessage, EscalationCreated, EscalationRequested, FallbackReason, Mode, OutboundPayload,
+    ProviderKind,
 };
 use crate::error::{ProcessError, ProviderError, ProviderErrorKind};
 use crate::provider::in_flight::{Gate, SendMarkers, settle_time};
@@ -51,14 +52,13 @@ pub async fn escalate(
     let kind = e.provider.unwrap_or(org.provider);
     let fallback_reason = match e.mode {
         Mode::Ticket => None,
-        Mode::Live if !org.live_chat => Some("live chat is switched off for this org".to_string()),
-        Mode::Live => Some("live chat is not available for this provider yet".to_string()),
+        Mode::Live => Some(FallbackReason::LiveChatOff),
     };
     let provider = ctx.providers.ticket(&e.org_id, kind)?;
     let req = TicketRequest {
         org,
         escalation: e,
-        fallback_reason: fallback_reason.as_deref(),
+        fallback_reason,
     };
     let earlier = ctx
         .store
@@ -132,7 +132,7 @@ fn created(rec: &ConversationRecord) -> OutboundPayload {
         external_id: rec.external.id.clone(),
         external_number: rec.external.number.clone(),
         url: rec.external.url.clone(),
-        fallback_reason: rec.fallback_reason.clone(),
+        fallback_reason: rec.fallback_reason,
     })
 }
 

@@ -3,6 +3,7 @@
 pub mod budget;
 pub mod http;
 pub mod in_flight;
+pub mod live;
 pub mod retry;
 pub mod salesforce;
 pub mod transcript;
@@ -22,7 +23,7 @@ pub struct TicketRequest<'a> {
     pub org: &'a OrgConfig,
     pub escalation: &'a EscalationRequested,
     /// Why a live request became a ticket, when it did.
-    pub fallback_reason: Option<&'a str>,
+    pub fallback_reason: Option<crate::contract::FallbackReason>,
 }
 
 /// The asynchronous path: a ticket (Zendesk) or a Case (Salesforce).

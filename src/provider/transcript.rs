@@ -1,5 +1,5 @@
 //! Rendering of the conversation transcript for tickets and cases.
-use crate::contract::EscalationRequested;
+use crate::contract::{EscalationRequested, FallbackReason};
 
 /// Escape text for HTML element content and attribute values.
 pub fn escape_html(s: &str) -> String {
@@ -47,13 +47,13 @@ pub fn truncate_chars(s: &str, max: usize) -> String {
 
 /// The transcript as HTML: summary, context, then each entry with speaker,
 /// time and text (escaped, line breaks kept).
-pub fn html(e: &EscalationRequested, fallback_reason: Option<&str>) -> String {
+pub fn html(e: &EscalationRequested, fallback_reason: Option<FallbackReason>) -> String {
     let mut out = String::new();
     out.push_str("<p><strong>Escalated from the AI assistant.</strong></p>");
     if let Some(reason) = fallback_reason {
         out.push_str(&format!(
-            "<p><em>Live chat was requested but not possible: {}</em></p>",
-            escape_html(reason)
+            "<p><em>{}</em></p>",
+            escape_html(reason.sentence())
         ));
     }
     if let Some(summary) = e.summary.as_deref().filter(|s| !s.trim().is_empty()) {
@@ -89,12 +89,11 @@ pub fn html(e: &EscalationRequested, fallback_reason: Option<&str>) -> String {
 }
 
 /// The transcript as plain text, one block per entry.
-pub fn plain(e: &EscalationRequested, fallback_reason: Option<&str>) -> String {
+pub fn plain(e: &EscalationRequested, fallback_reason: Option<FallbackReason>) -> String {
     let mut out = String::from("Escalated from the AI assistant.\n");
     if let Some(reason) = fallback_reason {
-        out.push_str(&format!(
-            "Live chat was requested but not possible: {reason}\n"
-        ));
+        out.push_str(reason.sentence());
+        out.push('\n');
     }
     if let Some(summary) = e.summary.as_deref().filter(|s| !s.trim().is_empty()) {
         out.push_str(&format!("\nSummary: {summary}\n"));
