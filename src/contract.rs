@@ -480,9 +480,20 @@ pub struct EscalationQueued {
     pub position: Option<u32>,
 }
 
+/// The provider's ticket behind a live conversation (Zendesk's messaging
+/// ticket), sent with the first agent event that knows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TicketRef {
+    pub id: String,
+    /// Where an agent opens it.
+    pub url: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AgentJoined {
     pub display_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ticket: Option<TicketRef>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -490,6 +501,8 @@ pub struct AgentMessage {
     pub text: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub display_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ticket: Option<TicketRef>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -501,6 +514,8 @@ pub struct AgentTyping {
 pub struct AgentLeft {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub display_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ticket: Option<TicketRef>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -514,4 +529,6 @@ pub enum ClosedBy {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConversationClosed {
     pub closed_by: ClosedBy,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ticket: Option<TicketRef>,
 }

@@ -10,6 +10,8 @@ pub mod demo;
 pub mod deployment;
 pub mod error;
 pub mod explain;
+pub mod live_index;
+pub mod live_state;
 pub mod pipeline;
 pub mod provider;
 #[cfg(feature = "tooling")]

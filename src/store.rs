@@ -63,6 +63,18 @@ pub struct ConversationRecord {
     pub fallback_reason: Option<FallbackReason>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// A live conversation's state (absent for tickets, incl. fallbacks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live: Option<crate::live_state::LiveState>,
+}
+
+impl ConversationRecord {
+    /// The record version that can read this record: 1 for tickets (so a
+    /// worker of the previous release, mid rolling deploy, still serves
+    /// ticket conversations), 2 for live ones.
+    pub fn version(&self) -> u32 {
+        if self.live.is_some() { 2 } else { 1 }
+    }
 }
 
 /// A record's `fallback_reason`: a code, or (records written before the
@@ -270,7 +282,7 @@ pub const MAX_BROKER_BACKOFF_SECS: u64 = 3600;
 
 /// Version of the stored conversation record. A record of a newer version
 /// (written by a newer escalator) is not read: [`InfraError::NewerRecord`].
-pub const RECORD_VERSION: u32 = 1;
+pub const RECORD_VERSION: u32 = 2;
 
 // Compiled once: a Script hashes its source (EVALSHA) when it is made.
 static BEGIN_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(BEGIN));
@@ -397,7 +409,12 @@ impl Store {
         self.conn.clone()
     }
 
-    fn key(&self, org: &str, conv: &str, suffix: &str) -> String {
+    /// How long conversation state lives.
+    pub(crate) fn state_ttl_secs(&self) -> i64 {
+        self.ttl_secs
+    }
+
+    pub(crate) fn key(&self, org: &str, conv: &str, suffix: &str) -> String {
         format!("{}:conv:{{{org}:{conv}}}{suffix}", self.prefix)
     }
 
@@ -544,7 +561,7 @@ impl Store {
         let (org, conv) = (lease.org_id.as_str(), lease.conversation_id.as_str());
         let record = match record {
             Some(r) => serde_json::to_string(&VersionedRecord {
-                version: RECORD_VERSION,
+                version: r.version(),
                 record: r,
             })
             .map_err(|e| InfraError::Corrupt(format!("serialize record: {:?}", e.classify())))?,

@@ -9,7 +9,7 @@ use escalator::contract::{
     AgentJoined, AgentLeft, AgentMessage, AgentTyping, Assignment, ClosedBy, ConversationClosed,
     Customer, CustomerEnded, CustomerMessage, CustomerTyping, EscalationCreated, EscalationFailed,
     EscalationQueued, EscalationRequested, ExternalKind, FailureCode, InboundEvent, InboundKind,
-    Mode, OutboundEvent, OutboundPayload, ProviderKind, Role, TranscriptEntry, Webhook,
+    Mode, OutboundEvent, OutboundPayload, ProviderKind, Role, TicketRef, TranscriptEntry, Webhook,
 };
 use escalator::error::ErrorClass;
 use escalator::schema::Schemas;
@@ -275,28 +275,41 @@ fn every_rust_outbound_payload_validates() {
         OutboundPayload::EscalationQueued(EscalationQueued::default()),
         OutboundPayload::AgentJoined(AgentJoined {
             display_name: "Jonas W.".into(),
+            ticket: Some(TicketRef {
+                id: "123".into(),
+                url: "https://acme.zendesk.com/agent/tickets/123".into(),
+            }),
         }),
         OutboundPayload::AgentMessage(AgentMessage {
             text: "Hello".into(),
             display_name: Some("Jonas W.".into()),
+            ticket: None,
         }),
         OutboundPayload::AgentMessage(AgentMessage {
             text: String::new(),
             display_name: None,
+            ticket: None,
         }),
         OutboundPayload::AgentTyping(AgentTyping { typing: false }),
         OutboundPayload::AgentLeft(AgentLeft {
             display_name: Some("Jonas W.".into()),
+            ticket: None,
         }),
-        OutboundPayload::AgentLeft(AgentLeft { display_name: None }),
+        OutboundPayload::AgentLeft(AgentLeft {
+            display_name: None,
+            ticket: None,
+        }),
         OutboundPayload::ConversationClosed(ConversationClosed {
             closed_by: ClosedBy::Agent,
+            ticket: None,
         }),
         OutboundPayload::ConversationClosed(ConversationClosed {
             closed_by: ClosedBy::Customer,
+            ticket: None,
         }),
         OutboundPayload::ConversationClosed(ConversationClosed {
             closed_by: ClosedBy::System,
+            ticket: None,
         }),
     ];
     let mut types = Vec::new();

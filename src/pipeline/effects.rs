@@ -9,6 +9,7 @@ use crate::contract::{
 use crate::error::{ProcessError, ProviderError, ProviderErrorKind};
 use crate::provider::in_flight::{Gate, SendMarkers, settle_time};
 use crate::provider::{TicketProvider, TicketRequest};
+use crate::config::OrgConfig;
 use crate::store::{ConversationRecord, ConversationStatus, ExternalRef};
 use chrono::Utc;
 use std::sync::Arc;
@@ -52,8 +53,23 @@ pub async fn escalate(
     let kind = e.provider.unwrap_or(org.provider);
     let fallback_reason = match e.mode {
         Mode::Ticket => None,
-        Mode::Live => Some(FallbackReason::LiveChatOff),
+        Mode::Live => match ctx.providers.live(&e.org_id, kind) {
+            Some(live) => return super::live::escalate(ctx, e, org, kind, live.as_ref()).await,
+            None => Some(FallbackReason::LiveChatOff),
+        },
     };
+    open_ticket(ctx, e, org, kind, fallback_reason).await
+}
+
+/// Create the ticket or case of an escalation (also the fallback of a live
+/// request, with its reason) and the record that says so.
+pub async fn open_ticket(
+    ctx: &Context,
+    e: &EscalationRequested,
+    org: &OrgConfig,
+    kind: ProviderKind,
+    fallback_reason: Option<FallbackReason>,
+) -> Result<Effect, ProcessError> {
     let provider = ctx.providers.ticket(&e.org_id, kind)?;
     let req = TicketRequest {
         org,
@@ -76,6 +92,7 @@ pub async fn escalate(
         fallback_reason,
         created_at: now,
         updated_at: now,
+        live: None,
     };
     let events = vec![created(&rec)];
     Ok(Effect {
@@ -125,7 +142,7 @@ async fn create_once(
     Ok(result?)
 }
 
-fn created(rec: &ConversationRecord) -> OutboundPayload {
+pub(super) fn created(rec: &ConversationRecord) -> OutboundPayload {
     OutboundPayload::EscalationCreated(EscalationCreated {
         mode: rec.mode,
         external_kind: rec.external.kind,
@@ -136,14 +153,45 @@ fn created(rec: &ConversationRecord) -> OutboundPayload {
     })
 }
 
-/// `customer.message`: add it to the ticket once.
-///
-/// The comment is sent without looking first, unless an earlier send (in
-/// this process or another) may have reached the provider: after a timeout,
-/// a broken connection or a 5xx, never after a refusal (429, 409, 4xx) or a
-/// budget wait. A send that may still land is not looked up (nor repeated)
-/// until it no longer can: its error waits in the retry queue for the
-/// settle time (twice the HTTP timeout).
+/// Where a customer message goes: the ticket (a comment) or the live
+/// conversation (a message), each able to say whether an earlier attempt
+/// already put it there.
+#[async_trait::async_trait]
+pub trait MessageSink: Send + Sync {
+    fn kind(&self) -> ProviderKind;
+    async fn send(&self, msg: &CustomerMessage) -> Result<(), ProviderError>;
+    async fn has(
+        &self,
+        msg: &CustomerMessage,
+        since: chrono::DateTime<Utc>,
+    ) -> Result<bool, ProviderError>;
+}
+
+struct TicketSink<'a> {
+    provider: &'a dyn TicketProvider,
+    ticket: &'a ExternalRef,
+}
+
+#[async_trait::async_trait]
+impl MessageSink for TicketSink<'_> {
+    fn kind(&self) -> ProviderKind {
+        self.provider.kind()
+    }
+    async fn send(&self, msg: &CustomerMessage) -> Result<(), ProviderError> {
+        self.provider.add_customer_message(self.ticket, msg).await
+    }
+    async fn has(
+        &self,
+        msg: &CustomerMessage,
+        since: chrono::DateTime<Utc>,
+    ) -> Result<bool, ProviderError> {
+        self.provider
+            .has_customer_message(self.ticket, msg, since)
+            .await
+    }
+}
+
+/// `customer.message` for a ticket: add it as a comment, once.
 pub async fn relay_customer_message(
     ctx: &Context,
     m: &CustomerMessage,
@@ -155,15 +203,38 @@ pub async fn relay_customer_message(
             m.conversation_id
         )));
     };
+    if rec.live.is_some() {
+        return super::live::relay_customer_message(ctx, m, rec).await;
+    }
     let provider = ctx.providers.ticket(&m.org_id, rec.provider)?;
+    let sink = TicketSink {
+        provider: provider.as_ref(),
+        ticket: &rec.external,
+    };
+    deliver_once(ctx, &sink, m).await?;
+    Ok(Effect::default())
+}
+
+/// Put a customer message into `sink` once.
+///
+/// It is sent without looking first, unless an earlier send (in
+/// this process or another) may have reached the provider: after a timeout,
+/// a broken connection or a 5xx, never after a refusal (429, 409, 4xx) or a
+/// budget wait. A send that may still land is not looked up (nor repeated)
+/// until it no longer can: its error waits in the retry queue for the
+/// settle time (twice the HTTP timeout).
+pub async fn deliver_once(
+    ctx: &Context,
+    sink: &dyn MessageSink,
+    m: &CustomerMessage,
+) -> Result<(), ProcessError> {
+    let kind = sink.kind();
     let settle = settle_time(Duration::from_millis(ctx.settings.http_timeout_ms));
-    let markers = SendMarkers::new(&ctx.store, rec.provider, settle);
+    let markers = SendMarkers::new(&ctx.store, kind, settle);
     // Longer than the retry policy waits in process: such waits leave the worker.
     let out_of_process = ctx.retry.max_inline_wait + Duration::from_secs(1);
     let what = format!("message:{}", m.message_id);
     let (org, conv) = (m.org_id.as_str(), m.conversation_id.as_str());
-    let ticket = &rec.external;
-    let provider = provider.as_ref();
     let (markers, what) = (&markers, what.as_str());
     let (result, _) = ctx
         .retry
@@ -172,25 +243,24 @@ pub async fn relay_customer_message(
                 Gate::Fresh => {}
                 Gate::Wait(left) => {
                     return Err(ProviderError::transient(
-                        provider.kind().as_str(),
+                        kind.as_str(),
                         ProviderErrorKind::Unavailable,
                         format!(
-                            "an earlier attempt to add the message may still reach {}: looking in {} s",
-                            provider.kind(),
+                            "an earlier attempt to add the message may still reach {kind}: looking in {} s",
                             left.as_secs().max(1)
                         ),
                     )
                     .with_retry_after(Some(left)));
                 }
                 Gate::Earlier(since) => {
-                    if provider.has_customer_message(ticket, m, since).await? {
-                        tracing::info!("customer message already on the ticket (earlier attempt)");
+                    if sink.has(m, since).await? {
+                        tracing::info!("customer message already delivered (earlier attempt)");
                         return Ok(());
                     }
                     markers.sending(org, conv, what).await?;
                 }
             }
-            match provider.add_customer_message(ticket, m).await {
+            match sink.send(m).await {
                 Ok(()) => Ok(()),
                 Err(e) if e.may_still_land() => {
                     let wait = e
@@ -211,6 +281,5 @@ pub async fn relay_customer_message(
             }
         })
         .await;
-    result?;
-    Ok(Effect::default())
+    Ok(result?)
 }

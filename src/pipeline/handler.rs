@@ -4,7 +4,7 @@
 use super::dead_letter::{self, Verdict};
 use super::effects;
 use super::meta::Meta;
-use super::{Context, lease, outbound};
+use super::{Context, lease, live, outbound};
 use crate::amqp::Publisher;
 use crate::contract::{
     EscalationFailed, FailureCode, InboundEvent, InboundKind, OutboundPayload, ProviderKind,
@@ -165,13 +165,22 @@ async fn run(
         InboundEvent::CustomerMessage(msg) => {
             effects::relay_customer_message(ctx, msg, begin.record.as_ref()).await
         }
-        // A ticket has no typing indicator and nothing to close: accepted, no effect.
-        InboundEvent::CustomerTyping(_) | InboundEvent::CustomerEnded(_) => {
-            Ok(effects::Effect::default())
+        InboundEvent::CustomerTyping(t) => match begin.record.as_ref() {
+            Some(rec) if rec.live.is_some() => live::typing(ctx, t, rec).await,
+            // A ticket has no typing indicator: accepted, no effect.
+            _ => Ok(effects::Effect::default()),
+        },
+        InboundEvent::CustomerEnded(ended) => match begin.record.as_ref() {
+            Some(rec) if rec.live.is_some() => live::customer_ended(ctx, ended, rec).await,
+            // A ticket stays open for the agent: accepted, no effect.
+            _ => Ok(effects::Effect::default()),
+        },
+        InboundEvent::WebhookZendesk(w) => {
+            live::on_zendesk_webhook(ctx, w, m.provider_event, begin.record.as_ref()).await
         }
-        InboundEvent::WebhookZendesk(_) | InboundEvent::WebhookSunshine(_) => Err(
-            ProcessError::Rejected("webhooks are not handled by this version".into()),
-        ),
+        InboundEvent::WebhookSunshine(_) => Err(ProcessError::Rejected(
+            "Sunshine webhooks are not handled by this version (the Zendesk webhook carries the agent's replies)".into(),
+        )),
     };
     let provider = provider.unwrap_or(ProviderKind::Zendesk);
 

@@ -24,6 +24,9 @@ pub enum Route {
     Shard { shard: u16, meta: Meta },
     /// Straight to the dead-letter queue.
     Reject(Verdict),
+    /// A provider webhook of a known org: each of its events goes to the
+    /// shard of the conversation it belongs to, once resolved (see [`super::resolve`]).
+    Webhook { org_id: String, kind: InboundKind },
 }
 
 /// Decide the route of one inbound message. Pure: no I/O.
@@ -73,6 +76,9 @@ pub fn route(
         return reject(problem.unwrap_or_else(|| {
             format!("unknown org `{org_id}`: it is not in this escalator's config")
         }));
+    }
+    if kind == InboundKind::WebhookZendesk && problem.is_none() {
+        return Route::Webhook { org_id, kind };
     }
     let conversation_id = field("conversation_id").filter(|c| is_conversation_id(c));
     // A duplicated id is ambiguous: the message cannot be placed.
@@ -145,6 +151,8 @@ impl ClassifyName for serde_json::Error {
 enum Pending {
     Forward(PendingConfirm),
     DeadLetter(DeadLetterConfirm),
+    /// A webhook's events forwarded to their shards (none: all ignored).
+    Forwards(Vec<PendingConfirm>),
 }
 
 impl Pending {
@@ -152,6 +160,12 @@ impl Pending {
         match self {
             Pending::Forward(p) => p.wait().await,
             Pending::DeadLetter(p) => p.wait().await,
+            Pending::Forwards(all) => {
+                for p in all {
+                    p.wait().await?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -302,6 +316,31 @@ async fn forward(
                 .start(WORK_EXCHANGE, &shard_key(shard), &d.data, props)
                 .await
                 .map(Pending::Forward)
+        }
+        Route::Webhook { org_id, kind } => {
+            let span = tracing::info_span!("route", org_id = %org_id, provider = "zendesk", routing_key);
+            let _g = span.enter();
+            let resolved = super::resolve::zendesk(ctx, &org_id, &d.data).await?;
+            let mut pending = Vec::with_capacity(resolved.len());
+            for r in resolved {
+                tracing::debug!(conversation_id = %r.conversation_id, "forwarding webhook event to its conversation's shard");
+                let meta = Meta {
+                    routing_key: kind.routing_key().to_string(),
+                    dedupe_id: r.dedupe_id,
+                    org_id: org_id.clone(),
+                    conversation_id: r.conversation_id,
+                    provider_event: Some(r.index),
+                    ..Meta::default()
+                };
+                let shard = shard_of(&meta.org_id, &meta.conversation_id, ctx.settings.shards);
+                let props = meta.write(meta::internal_hop(&d.properties));
+                pending.push(
+                    publisher
+                        .start(WORK_EXCHANGE, &shard_key(shard), &d.data, props)
+                        .await?,
+                );
+            }
+            Ok(Pending::Forwards(pending))
         }
         Route::Reject(verdict) => dead_letter::start(
             publisher,

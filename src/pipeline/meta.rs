@@ -21,6 +21,9 @@ pub const H_DEAD_LETTERED_AT: &str = "x-escalator-dead-lettered-at";
 /// Set by the intake router on a message it could not accept but can place
 /// (known org and conversation): the worker dead-letters it and tells the widget.
 pub const H_REJECTION: &str = "x-escalator-rejection";
+/// Set by the intake router on a webhook it resolved to a conversation:
+/// which event of the webhook body this copy is about (0-based).
+pub const H_PROVIDER_EVENT: &str = "x-escalator-provider-event";
 
 /// The escalator's headers of one message.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -38,6 +41,8 @@ pub struct Meta {
     pub last_error: Option<String>,
     /// Why the intake router rejected the message (see [`H_REJECTION`]).
     pub rejection: Option<String>,
+    /// The event of a webhook body this copy is about (see [`H_PROVIDER_EVENT`]).
+    pub provider_event: Option<u32>,
 }
 
 impl Meta {
@@ -57,6 +62,8 @@ impl Meta {
             not_before: get_int(h, H_NOT_BEFORE).and_then(DateTime::from_timestamp_millis),
             last_error: get_str(h, H_LAST_ERROR),
             rejection: get_str(h, H_REJECTION),
+            provider_event: get_int(h, H_PROVIDER_EVENT)
+                .and_then(|i| u32::try_from(i).ok()),
         }
     }
 
@@ -82,6 +89,10 @@ impl Meta {
         match &self.rejection {
             Some(r) => set_str(&mut h, H_REJECTION, r),
             None => remove(&mut h, H_REJECTION),
+        }
+        match self.provider_event {
+            Some(i) => set_int(&mut h, H_PROVIDER_EVENT, i64::from(i)),
+            None => remove(&mut h, H_PROVIDER_EVENT),
         }
         props.with_headers(h)
     }

@@ -16,10 +16,12 @@ pub mod effects;
 pub mod handler;
 pub mod intake;
 pub mod lease;
+pub mod live;
 pub mod membership;
 pub mod meta;
 pub mod outbound;
 pub mod rejection;
+pub mod resolve;
 pub mod service;
 pub mod shard;
 pub mod subscription;
@@ -46,4 +48,6 @@ pub struct Context {
     pub standby_delay: Duration,
     /// Live lane tasks of the current session (see [`shard::LaneGauge`]).
     pub lanes: shard::LaneGauge,
+    /// Webhook events the intake router resolved or ignored.
+    pub webhooks: resolve::WebhookCounters,
 }

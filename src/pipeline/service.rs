@@ -88,6 +88,7 @@ impl Worker {
             instance_id: uuid::Uuid::new_v4().simple().to_string()[..12].to_string(),
             standby_delay: Duration::from_secs(2),
             lanes: Default::default(),
+            webhooks: Default::default(),
         };
         Ok(Worker { ctx: Arc::new(ctx) })
     }

@@ -68,47 +68,69 @@ pub struct HttpSettings {
     pub timeout: Duration,
 }
 
-/// Ticket providers of every configured org, built once at start.
+/// The providers of one org: its ticket path and its live path, per
+/// provider kind, sharing one HTTP client.
+#[derive(Clone, Default)]
+pub struct OrgProviders {
+    tickets: HashMap<ProviderKind, Arc<dyn TicketProvider>>,
+    live: HashMap<ProviderKind, Arc<dyn live::LiveChatProvider>>,
+}
+
+/// The providers of every configured org, built once at start.
 #[derive(Clone, Default)]
 pub struct Providers {
-    tickets: HashMap<(String, ProviderKind), Arc<dyn TicketProvider>>,
+    orgs: HashMap<String, OrgProviders>,
 }
 
 impl Providers {
     pub fn build(config: &Config, store: &Store, http: &HttpSettings) -> Result<Providers, String> {
         let client = http::client(http.timeout)?;
-        let mut tickets: HashMap<(String, ProviderKind), Arc<dyn TicketProvider>> = HashMap::new();
+        let mut orgs = HashMap::new();
         for org in config.orgs() {
-            if let Some(z) = org.zendesk() {
-                tickets.insert(
-                    (org.org_id.clone(), ProviderKind::Zendesk),
-                    Arc::new(
-                        zendesk::ZendeskClient::new(client.clone(), z.clone()).with_budget(
-                            z.requests_per_minute.map(|rpm| {
-                                budget::RateBudget::per_minute(
-                                    "zendesk",
-                                    store.connection(),
-                                    format!("{}:budget:zendesk:{}", store.prefix(), org.org_id),
-                                    rpm,
-                                )
-                            }),
-                        ),
-                    ),
-                );
-            }
-            if let Some(s) = org.salesforce() {
-                tickets.insert(
-                    (org.org_id.clone(), ProviderKind::Salesforce),
-                    Arc::new(salesforce::SalesforceClient::new(
+            orgs.insert(org.org_id.clone(), Self::org(org, &client, store));
+        }
+        Ok(Providers { orgs })
+    }
+
+    fn org(org: &OrgConfig, client: &reqwest::Client, store: &Store) -> OrgProviders {
+        let mut bundle = OrgProviders::default();
+        if let Some(z) = org.zendesk() {
+            let budget = z.requests_per_minute.map(|rpm| {
+                budget::RateBudget::per_minute(
+                    "zendesk",
+                    store.connection(),
+                    format!("{}:budget:zendesk:{}", store.prefix(), org.org_id),
+                    rpm,
+                )
+            });
+            bundle.tickets.insert(
+                ProviderKind::Zendesk,
+                Arc::new(zendesk::ZendeskClient::new(client.clone(), z.clone()).with_budget(budget)),
+            );
+            if let Some(l) = z.live_chat().filter(|_| org.live_chat) {
+                bundle.live.insert(
+                    ProviderKind::Zendesk,
+                    Arc::new(live::zendesk::ZendeskLive::new(
                         client.clone(),
                         &org.org_id,
-                        s.clone(),
-                        store.clone(),
+                        z.clone(),
+                        l.clone(),
                     )),
                 );
             }
         }
-        Ok(Providers { tickets })
+        if let Some(s) = org.salesforce() {
+            bundle.tickets.insert(
+                ProviderKind::Salesforce,
+                Arc::new(salesforce::SalesforceClient::new(
+                    client.clone(),
+                    &org.org_id,
+                    s.clone(),
+                    store.clone(),
+                )),
+            );
+        }
+        bundle
     }
 
     /// The ticket provider of `org` for `kind`, or a permanent configuration error.
@@ -117,8 +139,9 @@ impl Providers {
         org: &str,
         kind: ProviderKind,
     ) -> Result<Arc<dyn TicketProvider>, ProviderError> {
-        self.tickets
-            .get(&(org.to_string(), kind))
+        self.orgs
+            .get(org)
+            .and_then(|b| b.tickets.get(&kind))
             .cloned()
             .ok_or_else(|| {
                 ProviderError::permanent(
@@ -129,5 +152,11 @@ impl Providers {
                     ),
                 )
             })
+    }
+
+    /// The live-chat provider of `org` for `kind`, when live chat is set up
+    /// and switched on for both.
+    pub fn live(&self, org: &str, kind: ProviderKind) -> Option<Arc<dyn live::LiveChatProvider>> {
+        self.orgs.get(org).and_then(|b| b.live.get(&kind)).cloned()
     }
 }
