@@ -201,7 +201,10 @@ mod tests {
     fn the_correlation_tag_is_a_valid_zendesk_tag_unique_per_conversation() {
         let a = correlation_tag("acme", "Conv 1/ä");
         assert!(a.starts_with("esc_") && a.len() == 24);
-        assert!(a.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'));
+        assert!(
+            a.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        );
         assert_ne!(a, correlation_tag("acme", "Conv 2"));
         assert_ne!(a, correlation_tag("acm", "eConv 1/ä"));
         assert_eq!(a, correlation_tag("acme", "Conv 1/ä"));

@@ -124,9 +124,7 @@ impl LiveState {
         if self.is_ended() {
             return Vec::new();
         }
-        let stale = |at: &Option<DateTime<Utc>>, last: &Option<DateTime<Utc>>| {
-            matches!((at, last), (Some(at), Some(last)) if at < last)
-        };
+        let stale = |at: &Option<DateTime<Utc>>, last: &Option<DateTime<Utc>>| matches!((at, last), (Some(at), Some(last)) if at < last);
         let event = match signal {
             AgentSignal::Message { text, display_name } => {
                 let display_name = display_name.or_else(|| self.agent_name());
@@ -319,7 +317,10 @@ mod tests {
         });
         assert!(matches!(
             &events[..],
-            [OutboundPayload::AgentLeft(_), OutboundPayload::AgentJoined(_)]
+            [
+                OutboundPayload::AgentLeft(_),
+                OutboundPayload::AgentJoined(_)
+            ]
         ));
     }
 }

@@ -279,7 +279,7 @@ tags = ["escalated", "ai"]
 
     #[test]
     fn shipped_example_configs_load() {
-        let any = |_: &str| Some("from-env".to_string());
+        let any = |_: &str| Some("a-value-from-the-environment".to_string());
         for (name, text) in [
             (
                 "escalator.example.toml",
@@ -293,6 +293,55 @@ tags = ["escalated", "ai"]
             let cfg = Config::parse(text, name, &any).unwrap_or_else(|e| panic!("{name}: {e}"));
             assert!(cfg.orgs().count() >= 2, "{name}");
         }
+    }
+
+    const LIVE_BASE: &str = "[orgs.acme]\nprovider = \"zendesk\"\n[orgs.acme.zendesk]\nsubdomain = \"acme\"\nemail = \"a@acme.example\"\napi_token = \"t\"\n[orgs.acme.zendesk.live]\n";
+
+    #[test]
+    fn live_chat_settings_load_with_their_defaults() {
+        let text = format!(
+            "{LIVE_BASE}app_id = \"app1\"\nkey_id = \"app_key1\"\nsecret = \"${{SC_SECRET}}\"\nwebhook_token = \"0123456789abcdef0123\"\navailability = {{ schedule_id = 42 }}\n"
+        );
+        let env = |n: &str| (n == "SC_SECRET").then(|| "sunshine-secret".to_string());
+        let cfg = Config::parse(&text, "t", &env).unwrap();
+        let z = cfg.org("acme").unwrap().zendesk().unwrap();
+        let live = z.live_chat().unwrap();
+        assert_eq!(live.secret.expose(), "sunshine-secret");
+        assert_eq!(live.availability, Availability::Schedule(42));
+        assert_eq!(live.base_url(&z.subdomain), "https://acme.zendesk.com/sc");
+        assert_eq!(live.ai_display_name, "AI assistant");
+        assert!(live.webhook_signing_secret.is_none());
+    }
+
+    #[test]
+    fn invalid_live_chat_settings_name_org_field_and_fix_without_values() {
+        let text = format!(
+            "{LIVE_BASE}app_id = \"\"\nkey_id = \"k\"\nsecret = \"${{MISSING}}\"\nwebhook_token = \"short-s3cr3t\"\nticket_fields = {{ \"abc\" = \"v\" }}\n"
+        );
+        let err = Config::parse(&text, "t", &|_| None)
+            .unwrap_err()
+            .to_string();
+        for field in [
+            "zendesk.live.app_id",
+            "zendesk.live.secret",
+            "zendesk.live.webhook_token",
+            "zendesk.live.ticket_fields",
+        ] {
+            assert!(
+                err.contains(&format!("org `acme`, field `{field}`")),
+                "{field}: {err}"
+            );
+        }
+        assert!(err.contains("MISSING is not set"), "{err}");
+        assert!(!err.contains("short-s3cr3t"), "{err}");
+        // An availability policy that does not exist is refused at parse time.
+        let text = format!(
+            "{LIVE_BASE}app_id = \"a\"\nkey_id = \"k\"\nsecret = \"s\"\nwebhook_token = \"0123456789abcdef\"\navailability = \"sometimes\"\n"
+        );
+        let err = Config::parse(&text, "t", &|_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("availability"), "{err}");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! a record in Redis says what exists, an attempt marker says when an earlier
 //! try may have reached the provider (then we look before we create).
 use super::Context;
+use crate::config::OrgConfig;
 use crate::contract::{
     CustomerMessage, EscalationCreated, EscalationRequested, FallbackReason, Mode, OutboundPayload,
     ProviderKind,
@@ -9,7 +10,6 @@ use crate::contract::{
 use crate::error::{ProcessError, ProviderError, ProviderErrorKind};
 use crate::provider::in_flight::{Gate, SendMarkers, settle_time};
 use crate::provider::{TicketProvider, TicketRequest};
-use crate::config::OrgConfig;
 use crate::store::{ConversationRecord, ConversationStatus, ExternalRef};
 use chrono::Utc;
 use std::sync::Arc;

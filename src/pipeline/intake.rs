@@ -318,7 +318,8 @@ async fn forward(
                 .map(Pending::Forward)
         }
         Route::Webhook { org_id, kind } => {
-            let span = tracing::info_span!("route", org_id = %org_id, provider = "zendesk", routing_key);
+            let span =
+                tracing::info_span!("route", org_id = %org_id, provider = "zendesk", routing_key);
             let _g = span.enter();
             let resolved = super::resolve::zendesk(ctx, &org_id, &d.data).await?;
             let mut pending = Vec::with_capacity(resolved.len());

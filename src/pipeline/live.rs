@@ -14,7 +14,9 @@ use crate::contract::{
 use crate::error::{ProcessError, ProviderError};
 use crate::live_index::{IdKind, LiveIndex, correlation_tag};
 use crate::live_state::{AgentRef, AgentSignal, LiveState};
-use crate::provider::live::{Availability, HandoverJournal, HandoverRequest, LiveChatProvider, LiveSession};
+use crate::provider::live::{
+    Availability, HandoverJournal, HandoverRequest, LiveChatProvider, LiveSession,
+};
 use crate::store::{ConversationRecord, ConversationStatus, ExternalRef};
 use crate::webhook::zendesk::{Actor, EventKind, ZendeskEvent};
 use chrono::Utc;
@@ -22,6 +24,9 @@ use chrono::Utc;
 /// Journal step written before the first provider call of a hand-over: a
 /// hand-over that started is resumed, never replaced by a fallback ticket.
 const STARTED: &str = "#started";
+
+/// The name the widget shows for an agent whose name is unknown.
+const GENERIC_AGENT_NAME: &str = "Support agent";
 
 /// What the agent is told when the customer leaves.
 const CUSTOMER_LEFT_NOTICE: &str = "The customer has left the conversation.";
@@ -55,8 +60,14 @@ pub async fn escalate(
             Err(err) if err.is_transient() => return Err(err.into()),
             Err(err) => {
                 tracing::warn!(error = %err, "agent availability cannot be checked: creating a ticket instead");
-                return effects::open_ticket(ctx, e, org, kind, Some(FallbackReason::HandoverFailed))
-                    .await;
+                return effects::open_ticket(
+                    ctx,
+                    e,
+                    org,
+                    kind,
+                    Some(FallbackReason::HandoverFailed),
+                )
+                .await;
             }
         }
         journal.put(STARTED, &Utc::now().to_rfc3339()).await?;
@@ -205,7 +216,11 @@ pub async fn customer_ended(
         })
         .await;
     result?;
-    Ok(apply(rec, live.clone(), AgentSignal::Closed(ClosedBy::Customer)))
+    Ok(apply(
+        rec,
+        live.clone(),
+        AgentSignal::Closed(ClosedBy::Customer),
+    ))
 }
 
 /// The record with `live` after `signal`, and the events it caused.
@@ -256,7 +271,10 @@ pub async fn on_zendesk_webhook(
     let (live, provider) = live_of(ctx, rec)?;
     let mut live = live.clone();
     if live.is_ended() {
-        tracing::debug!(event = event.kind.name(), "the live chat has ended: agent event ignored");
+        tracing::debug!(
+            event = event.kind.name(),
+            "the live chat has ended: agent event ignored"
+        );
         return Ok(Effect::default());
     }
     if let Some(ticket) = event.ticket_id.as_deref() {
@@ -274,7 +292,13 @@ pub async fn on_zendesk_webhook(
             url,
         }) {
             LiveIndex::new(&ctx.store)
-                .link(&rec.org_id, rec.provider, IdKind::Ticket, ticket, &rec.conversation_id)
+                .link(
+                    &rec.org_id,
+                    rec.provider,
+                    IdKind::Ticket,
+                    ticket,
+                    &rec.conversation_id,
+                )
                 .await?;
         }
     }
@@ -331,20 +355,33 @@ async fn agent_name(
     id: &str,
 ) -> Result<String, ProcessError> {
     let index = LiveIndex::new(&ctx.store);
-    if let Some(name) = index.cached_agent_name(&rec.org_id, rec.provider, id).await? {
+    if let Some(name) = index
+        .cached_agent_name(&rec.org_id, rec.provider, id)
+        .await?
+    {
         return Ok(name);
     }
     let (found, _) = ctx
         .retry
         .run("look up the agent's name", || provider.agent_name(id))
         .await;
-    match found? {
+    let found = match found {
+        Ok(found) => found,
+        Err(err) if err.is_transient() => return Err(err.into()),
+        // The agent joined either way: a name we cannot look up is not
+        // worth losing the event.
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot look up the agent's name: using a generic one");
+            None
+        }
+    };
+    match found {
         Some(name) => {
             index
                 .cache_agent_name(&rec.org_id, rec.provider, id, &name)
                 .await?;
             Ok(name)
         }
-        None => Ok("Support agent".to_string()),
+        None => Ok(GENERIC_AGENT_NAME.to_string()),
     }
 }

@@ -62,8 +62,7 @@ impl Meta {
             not_before: get_int(h, H_NOT_BEFORE).and_then(DateTime::from_timestamp_millis),
             last_error: get_str(h, H_LAST_ERROR),
             rejection: get_str(h, H_REJECTION),
-            provider_event: get_int(h, H_PROVIDER_EVENT)
-                .and_then(|i| u32::try_from(i).ok()),
+            provider_event: get_int(h, H_PROVIDER_EVENT).and_then(|i| u32::try_from(i).ok()),
         }
     }
 

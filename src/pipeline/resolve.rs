@@ -99,7 +99,10 @@ pub async fn zendesk(
             }
             None => {
                 counters.ignored.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(event = ev.kind.name(), "webhook event of a ticket that is not ours: ignored");
+                tracing::debug!(
+                    event = ev.kind.name(),
+                    "webhook event of a ticket that is not ours: ignored"
+                );
             }
         }
     }

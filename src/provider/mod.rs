@@ -105,7 +105,9 @@ impl Providers {
             });
             bundle.tickets.insert(
                 ProviderKind::Zendesk,
-                Arc::new(zendesk::ZendeskClient::new(client.clone(), z.clone()).with_budget(budget)),
+                Arc::new(
+                    zendesk::ZendeskClient::new(client.clone(), z.clone()).with_budget(budget),
+                ),
             );
             if let Some(l) = z.live_chat().filter(|_| org.live_chat) {
                 bundle.live.insert(
