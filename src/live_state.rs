@@ -136,10 +136,13 @@ impl LiveState {
             }
             AgentSignal::Typing(typing) => OutboundPayload::AgentTyping(AgentTyping { typing }),
             AgentSignal::Assigned { agent, at } => {
-                if stale(&at, &self.assignment_at) || self.agent.as_ref() == Some(&agent) {
+                if stale(&at, &self.assignment_at) {
                     return Vec::new();
                 }
                 self.assignment_at = at.or(self.assignment_at);
+                if self.agent.as_ref() == Some(&agent) {
+                    return Vec::new();
+                }
                 let mut events = Vec::new();
                 if let Some(previous) = self.agent.take() {
                     // Transferred: the widget hears the first agent leave.
@@ -158,10 +161,15 @@ impl LiveState {
                 return events;
             }
             AgentSignal::Unassigned { at } => {
-                if stale(&at, &self.assignment_at) || self.agent.is_none() {
+                if stale(&at, &self.assignment_at) {
                     return Vec::new();
                 }
+                // Kept even when nobody is assigned: a join older than this
+                // one, arriving after it, must not be applied.
                 self.assignment_at = at.or(self.assignment_at);
+                if self.agent.is_none() {
+                    return Vec::new();
+                }
                 self.phase = LivePhase::Queued;
                 let previous = self.agent.take();
                 OutboundPayload::AgentLeft(AgentLeft {
@@ -287,6 +295,21 @@ mod tests {
             .is_empty()
         );
         assert_eq!(s.phase, LivePhase::Queued);
+    }
+
+    #[test]
+    fn a_leave_that_overtook_its_join_keeps_the_late_join_out() {
+        let mut s = state();
+        assert!(s.apply(AgentSignal::Unassigned { at: at(5) }).is_empty());
+        assert!(
+            s.apply(AgentSignal::Assigned {
+                agent: alex(),
+                at: at(1)
+            })
+            .is_empty()
+        );
+        assert_eq!(s.phase, LivePhase::Queued);
+        assert!(s.agent.is_none());
     }
 
     #[test]
