@@ -60,6 +60,7 @@ pub(crate) async fn deliver(
     shared: &Shared,
     events: Vec<Outgoing>,
 ) -> Result<Vec<u16>, SimLiveError> {
+    let _lane = shared.delivery_lane.lock().await;
     let (target, plan) = {
         let mut st = shared.lock();
         let target = st

@@ -143,6 +143,9 @@ pub(crate) struct Shared {
     pub(crate) base_url: String,
     /// Client of the webhook deliveries.
     pub(crate) http: reqwest::Client,
+    /// Held across a whole delivery: webhook requests go out one at a time,
+    /// so a spawned delivery and an action's never interleave.
+    pub(crate) delivery_lane: tokio::sync::Mutex<()>,
     state: Mutex<State>,
     feed: broadcast::Sender<RecordedRequest>,
 }
@@ -160,6 +163,7 @@ impl Shared {
             settings,
             base_url,
             http,
+            delivery_lane: tokio::sync::Mutex::new(()),
             state: Mutex::new(State::new()),
             feed,
         }
