@@ -4,14 +4,24 @@
 //! (`/api/v2/...`), the Salesforce OAuth token endpoint and REST API
 //! (`/services/...`), records every provider request, and applies
 //! [`FaultRule`]s. `/_sim/...` is the control API (JSON; not recorded, not faulted).
+//!
+//! Live chat (Zendesk messaging): Sunshine Conversations v2 under
+//! `/sc/v2/apps/{appId}/...` (`sunshine`), whose passControl makes a
+//! messaging ticket in the Zendesk state; the agent's side (join, reply,
+//! leave, end session, solve) is driven through [`SimHandle`] or
+//! `/_sim/zendesk/live/...` and reported to a configured receiver as real
+//! Zendesk webhook deliveries (`live`, `webhooks`).
 
 mod control;
 mod faults;
+mod live;
 mod net;
 mod salesforce;
 mod state;
+mod sunshine;
 mod types;
 mod util;
+mod webhooks;
 mod zendesk;
 
 use std::net::SocketAddr;
@@ -25,8 +35,11 @@ use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub use live::{SimLiveError, webhook_signature};
 pub use types::{
-    FaultRule, RecordedRequest, SimAudit, SimCase, SimComment, SimSettings, SimSfRecord, SimTicket,
+    FaultRule, RecordedRequest, SimAgent, SimAudit, SimCase, SimComment, SimSchedule, SimSettings,
+    SimSfRecord, SimSunshineConversation, SimSunshineMessage, SimSunshineUser, SimTicket,
+    SimWebhookDelivery, WebhookTarget,
 };
 
 use faults::ActiveFault;
@@ -186,9 +199,150 @@ impl SimHandle {
         self.shared.lock().sf.expire_tokens();
     }
 
-    /// Forgets everything (records, tickets, cases, tokens, faults, counters).
+    /// Forgets everything (records, tickets, cases, tokens, faults, counters,
+    /// Sunshine users and conversations, the webhook target and deliveries).
     pub fn reset(&self) {
         self.shared.reset();
+    }
+
+    /// Where Zendesk webhooks go from now on (replaces any earlier target).
+    pub fn set_zendesk_webhook(&self, target: WebhookTarget) {
+        self.shared.lock().live.target = Some(target);
+    }
+
+    /// Seeded Zendesk agents (9001 "Alex Agent", 9002 "Sam Support", ...).
+    pub fn zendesk_agents(&self) -> Vec<SimAgent> {
+        self.shared.lock().zd.agents.values().cloned().collect()
+    }
+
+    /// Marks an agent online (or offline) for messaging in `agent_availabilities`;
+    /// an unknown id becomes a new agent named "Agent <id>".
+    pub fn set_agent_online(&self, agent_id: u64, online: bool) {
+        let mut st = self.shared.lock();
+        let agent = st.zd.agents.entry(agent_id).or_insert_with(|| SimAgent {
+            id: agent_id,
+            name: format!("Agent {agent_id}"),
+            online: false,
+        });
+        agent.online = online;
+    }
+
+    /// False: `GET /api/v2/agent_availabilities` answers 404, like an account
+    /// without omnichannel routing. Default true.
+    pub fn set_agent_availability_api(&self, available: bool) {
+        self.shared.lock().zd.availability_api = available;
+    }
+
+    /// Adds or replaces a business-hours schedule (schedule 1 is always open
+    /// until replaced).
+    pub fn set_schedule(&self, schedule: SimSchedule) {
+        self.shared
+            .lock()
+            .zd
+            .schedules
+            .insert(schedule.id, schedule);
+    }
+
+    /// The app setting `multiConvoEnabled` (default on): off refuses a user's
+    /// second personal conversation.
+    pub fn set_multi_convo(&self, app_id: &str, enabled: bool) {
+        self.shared
+            .lock()
+            .sun
+            .multi_convo
+            .insert(app_id.to_owned(), enabled);
+    }
+
+    /// Lowers the per-conversation message limit (30,000) so a test can reach 423.
+    pub fn set_sunshine_message_limit(&self, limit: usize) {
+        self.shared.lock().sun.message_limit = limit;
+    }
+
+    /// Accepts `typing:start`/`typing:stop` from a user author (the spec
+    /// allows users only `conversation:read`; default false: 400).
+    pub fn allow_user_typing(&self, allowed: bool) {
+        self.shared.lock().sun.user_typing_allowed = allowed;
+    }
+
+    /// Sunshine users in creation order.
+    pub fn sunshine_users(&self) -> Vec<SimSunshineUser> {
+        self.shared.lock().sun.users.clone()
+    }
+
+    /// Sunshine conversations in creation order, with their messages,
+    /// activities, passControl calls and messaging ticket.
+    pub fn sunshine_conversations(&self) -> Vec<SimSunshineConversation> {
+        self.shared.lock().sun.conversations.clone()
+    }
+
+    /// Zendesk tickets made by a passControl (`via.channel` native_messaging).
+    pub fn messaging_tickets(&self) -> Vec<SimTicket> {
+        self.zendesk_tickets()
+            .into_iter()
+            .filter(|t| t.via_channel == "native_messaging")
+            .collect()
+    }
+
+    /// Every webhook request made so far, in sending order.
+    pub fn webhook_deliveries(&self) -> Vec<SimWebhookDelivery> {
+        self.shared.lock().live.deliveries.clone()
+    }
+
+    /// The agent takes the conversation's ticket (NEW -> OPEN, assigned):
+    /// `status_changed` then `agent_assignment_changed`. Returns the statuses
+    /// the target answered (none while deliveries are held).
+    pub async fn agent_joins(
+        &self,
+        conversation_id: &str,
+        agent_id: u64,
+    ) -> Result<Vec<u16>, SimLiveError> {
+        live::agent_joins(&self.shared, conversation_id, agent_id).await
+    }
+
+    /// The assigned agent (else the first seeded one) replies: a business
+    /// message from Agent Workspace and `message_added` (actor agent).
+    pub async fn agent_replies(
+        &self,
+        conversation_id: &str,
+        text: &str,
+    ) -> Result<Vec<u16>, SimLiveError> {
+        live::agent_replies(&self.shared, conversation_id, text).await
+    }
+
+    /// The agent unassigns: `agent_assignment_changed` with `current: null`.
+    pub async fn agent_leaves(&self, conversation_id: &str) -> Result<Vec<u16>, SimLiveError> {
+        live::agent_leaves(&self.shared, conversation_id).await
+    }
+
+    /// "End session": the session-end trigger body (only when the target
+    /// has `session_end_trigger`); Agent Workspace releases control.
+    pub async fn end_session(&self, conversation_id: &str) -> Result<Vec<u16>, SimLiveError> {
+        live::end_session(&self.shared, conversation_id).await
+    }
+
+    /// The agent solves the ticket: `status_changed` to SOLVED.
+    pub async fn solve_ticket(&self, conversation_id: &str) -> Result<Vec<u16>, SimLiveError> {
+        live::solve_ticket(&self.shared, conversation_id).await
+    }
+
+    /// A status change of a ticket the escalator did not make.
+    pub async fn unrelated_ticket_event(&self) -> Result<Vec<u16>, SimLiveError> {
+        live::unrelated_ticket_event(&self.shared).await
+    }
+
+    /// Delivers each of the next `n` events twice (same event id).
+    pub fn duplicate_next(&self, n: u32) {
+        self.shared.lock().live.duplicate_next = n;
+    }
+
+    /// Queues events instead of sending them, until `release_held`.
+    pub fn hold_deliveries(&self) {
+        self.shared.lock().live.holding = true;
+    }
+
+    /// Sends the held events (newest first with `reverse_order`) and stops holding.
+    pub async fn release_held(&self, reverse_order: bool) -> Result<Vec<u16>, SimLiveError> {
+        live::release_held(&self.shared, reverse_order).await
     }
 
     /// Stops accepting connections and waits (up to 5 s) for in-flight requests.
@@ -266,6 +420,9 @@ async fn entry(
         headers: parts.headers,
         body,
     };
+    if req.path.starts_with("/_sim/zendesk/live/") {
+        return live::control(&shared, &req).await.into_response();
+    }
     if req.path == "/_sim" || req.path.starts_with("/_sim/") {
         return control::handle(&shared, &req).into_response();
     }
@@ -308,6 +465,7 @@ async fn process(shared: Arc<Shared>, req: Req) -> (SimResponse, bool) {
         Some(r) if !after_effect => faults::response(r, &req.path),
         _ => {
             let real = dispatch(&shared, &req);
+            live::flush_outbox(&shared);
             match disrupting {
                 Some(r) => faults::response(r, &req.path),
                 None => real,
@@ -336,6 +494,8 @@ fn dispatch(shared: &Shared, req: &Req) -> SimResponse {
         zendesk::handle(shared, &mut st.zd, req)
     } else if req.path.starts_with("/services/") {
         salesforce::handle(shared, &mut st.sf, req)
+    } else if req.path.starts_with("/sc/") {
+        sunshine::handle(shared, &mut st, req)
     } else {
         SimResponse::text(404, "Not Found")
     }

@@ -9,7 +9,9 @@ use serde::Serialize;
 use tokio::sync::broadcast;
 
 use super::faults::ActiveFault;
+use super::live::LiveState;
 use super::salesforce::SalesforceState;
+use super::sunshine::SunshineState;
 use super::types::{RecordedRequest, SimSettings};
 use super::zendesk::ZendeskState;
 
@@ -117,6 +119,8 @@ pub(crate) struct State {
     pub(crate) faults: Vec<ActiveFault>,
     pub(crate) zd: ZendeskState,
     pub(crate) sf: SalesforceState,
+    pub(crate) sun: SunshineState,
+    pub(crate) live: LiveState,
 }
 
 impl State {
@@ -127,6 +131,8 @@ impl State {
             faults: Vec::new(),
             zd: ZendeskState::new(),
             sf: SalesforceState::new(),
+            sun: SunshineState::new(),
+            live: LiveState::new(),
         }
     }
 }
@@ -135,6 +141,11 @@ impl State {
 pub(crate) struct Shared {
     pub(crate) settings: SimSettings,
     pub(crate) base_url: String,
+    /// Client of the webhook deliveries.
+    pub(crate) http: reqwest::Client,
+    /// Held across a whole delivery: webhook requests go out one at a time,
+    /// so a spawned delivery and an action's never interleave.
+    pub(crate) delivery_lane: tokio::sync::Mutex<()>,
     state: Mutex<State>,
     feed: broadcast::Sender<RecordedRequest>,
 }
@@ -142,9 +153,17 @@ pub(crate) struct Shared {
 impl Shared {
     pub(crate) fn new(settings: SimSettings, base_url: String) -> Self {
         let (feed, _) = broadcast::channel(1024);
+        // Zendesk gives up on a webhook after about 10-12 s.
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(std::time::Duration::from_secs(12))
+            .build()
+            .unwrap_or_default();
         Self {
             settings,
             base_url,
+            http,
+            delivery_lane: tokio::sync::Mutex::new(()),
             state: Mutex::new(State::new()),
             feed,
         }

@@ -6,7 +6,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Map, Value, json};
 
 use super::state::{Req, Shared, SimResponse};
-use super::types::{SimAudit, SimComment, SimTicket};
+use super::types::{SimAgent, SimAudit, SimComment, SimSchedule, SimTicket};
 use super::util::{basic_credentials, query_param, sha256_hex};
 
 /// The authenticated agent's user id (submitter, default comment author).
@@ -42,6 +42,28 @@ pub(crate) struct ZendeskState {
     next_comment_id: u64,
     next_audit_id: u64,
     rate_remaining: u32,
+    /// Seeded agents (`GET /api/v2/users/{id}`, `agent_availabilities`).
+    pub(crate) agents: BTreeMap<u64, SimAgent>,
+    /// Business-hours schedules by id.
+    pub(crate) schedules: BTreeMap<u64, SimSchedule>,
+    /// False: `agent_availabilities` answers 404 (no omnichannel routing).
+    pub(crate) availability_api: bool,
+}
+
+/// The agents every fresh simulator knows.
+pub(crate) const SEEDED_AGENTS: &[(u64, &str)] = &[(9001, "Alex Agent"), (9002, "Sam Support")];
+
+/// A messaging ticket as a Sunshine passControl makes it.
+pub(crate) struct MessagingTicket {
+    pub(crate) subject: String,
+    pub(crate) requester_name: Option<String>,
+    pub(crate) requester_email: Option<String>,
+    pub(crate) group_id: Option<u64>,
+    pub(crate) assignee_id: Option<u64>,
+    pub(crate) tags: Vec<String>,
+    pub(crate) custom_fields: Value,
+    /// Transcript lines: (written by the end user, text).
+    pub(crate) transcript: Vec<(bool, String)>,
 }
 
 impl ZendeskState {
@@ -56,6 +78,123 @@ impl ZendeskState {
             next_comment_id: 100_001,
             next_audit_id: 500_001,
             rate_remaining: RATE_LIMIT,
+            agents: SEEDED_AGENTS
+                .iter()
+                .map(|(id, name)| {
+                    let agent = SimAgent {
+                        id: *id,
+                        name: (*name).to_owned(),
+                        online: false,
+                    };
+                    (*id, agent)
+                })
+                .collect(),
+            schedules: [(1, SimSchedule::always_open(1))].into_iter().collect(),
+            availability_api: true,
+        }
+    }
+
+    /// Creates a ticket via `native_messaging` (status `new`); returns its id.
+    pub(crate) fn create_messaging_ticket(&mut self, t: MessagingTicket) -> u64 {
+        let requester_id = self.find_or_create_user(t.requester_name, t.requester_email);
+        let user = self.users.get(&requester_id).cloned();
+        let now = Utc::now();
+        let id = self.next_ticket_id;
+        self.next_ticket_id += 1;
+        let mut comments = Vec::new();
+        for (from_user, text) in t.transcript {
+            comments.push(SimComment {
+                id: self.next_comment_id,
+                author_id: if from_user {
+                    requester_id
+                } else {
+                    AGENT_USER_ID
+                },
+                body: Some(text),
+                html_body: None,
+                public: true,
+                created_at: now,
+            });
+            self.next_comment_id += 1;
+        }
+        let audit_id = self.next_audit_id;
+        self.next_audit_id += 1;
+        let ticket = SimTicket {
+            id,
+            subject: Some(t.subject),
+            requester_id,
+            requester_name: user.as_ref().and_then(|u| u.name.clone()),
+            requester_email: user.as_ref().and_then(|u| u.email.clone()),
+            assignee_id: t.assignee_id,
+            group_id: t.group_id,
+            tags: t.tags,
+            external_id: None,
+            status: "new".to_owned(),
+            via_channel: "native_messaging".to_owned(),
+            custom_fields: t.custom_fields,
+            audits: vec![SimAudit {
+                id: audit_id,
+                author_id: requester_id,
+                custom_metadata: json!({}),
+                comment_id: comments.first().map(|c| c.id),
+                created_at: now,
+            }],
+            comments,
+            created_at: now,
+        };
+        self.tickets.insert(id, ticket);
+        id
+    }
+
+    /// A ticket made outside the escalator (an email, the agent's own), no tags.
+    pub(crate) fn create_unrelated_ticket(&mut self) -> u64 {
+        let requester_id = self.find_or_create_user(None, None);
+        let now = Utc::now();
+        let id = self.next_ticket_id;
+        self.next_ticket_id += 1;
+        let comment_id = self.next_comment_id;
+        self.next_comment_id += 1;
+        let ticket = SimTicket {
+            id,
+            subject: Some("Printer on fire".to_owned()),
+            requester_id,
+            requester_name: None,
+            requester_email: None,
+            assignee_id: None,
+            group_id: None,
+            tags: Vec::new(),
+            external_id: None,
+            status: "new".to_owned(),
+            via_channel: "email".to_owned(),
+            custom_fields: json!([]),
+            audits: Vec::new(),
+            comments: vec![SimComment {
+                id: comment_id,
+                author_id: requester_id,
+                body: Some("It is on fire.".to_owned()),
+                html_body: None,
+                public: true,
+                created_at: now,
+            }],
+            created_at: now,
+        };
+        self.tickets.insert(id, ticket);
+        id
+    }
+
+    /// Appends a public comment (an agent's messaging reply) to a ticket.
+    pub(crate) fn add_comment(&mut self, ticket_id: u64, author_id: u64, body: &str) {
+        let id = self.next_comment_id;
+        self.next_comment_id += 1;
+        if let Some(t) = self.tickets.get_mut(&ticket_id) {
+            t.comments.push(SimComment {
+                id,
+                author_id,
+                body: Some(body.to_owned()),
+                html_body: None,
+                public: true,
+                created_at: Utc::now(),
+            });
         }
     }
 
@@ -74,6 +213,10 @@ impl ZendeskState {
             && let Some(id) = self.user_by_email.get(&email.to_lowercase())
         {
             return *id;
+        }
+        // Agents' ids are seeded: requesters never get one of them.
+        while self.agents.contains_key(&self.next_user_id) {
+            self.next_user_id += 1;
         }
         let id = self.next_user_id;
         self.next_user_id += 1;
@@ -114,11 +257,100 @@ pub(crate) fn handle(shared: &Shared, zd: &mut ZendeskState, req: &Req) -> SimRe
             Some(id) => list_audits(shared, zd, id, req),
             None => not_found(),
         },
+        ("GET", ["users", id]) => show_user(zd, id),
+        ("GET", ["business_hours", "schedules", id]) => show_schedule(zd, id),
+        ("GET", ["agent_availabilities"]) if zd.availability_api => agent_availabilities(zd, req),
         _ => SimResponse::json(
             404,
             &json!({"error": "InvalidEndpoint", "description": "Not found"}),
         ),
     }
+}
+
+/// `GET /api/v2/users/{id}`: seeded agents (role agent) and requesters (end-user).
+fn show_user(zd: &ZendeskState, raw: &str) -> SimResponse {
+    let Ok(id) = raw.parse::<u64>() else {
+        return not_found();
+    };
+    if let Some(agent) = zd.agents.get(&id) {
+        return SimResponse::json(
+            200,
+            &json!({"user": {"id": id, "name": agent.name, "role": "agent", "active": true}}),
+        );
+    }
+    match zd.users.get(&id) {
+        Some(u) => SimResponse::json(
+            200,
+            &json!({"user": {"id": id, "name": u.name, "email": u.email, "role": "end-user", "active": true}}),
+        ),
+        None => not_found(),
+    }
+}
+
+/// `GET /api/v2/business_hours/schedules/{id}`.
+fn show_schedule(zd: &ZendeskState, raw: &str) -> SimResponse {
+    let Some(s) = raw.parse::<u64>().ok().and_then(|id| zd.schedules.get(&id)) else {
+        return not_found();
+    };
+    let intervals: Vec<Value> = s
+        .intervals
+        .iter()
+        .map(|(start, end)| json!({"start_time": start, "end_time": end}))
+        .collect();
+    SimResponse::json(
+        200,
+        &json!({"schedule": {
+            "id": s.id,
+            "name": s.name,
+            "time_zone": s.time_zone,
+            "intervals": intervals,
+            "created_at": "2024-01-01T00:00:00Z",
+            "updated_at": "2024-01-01T00:00:00Z",
+        }}),
+    )
+}
+
+/// `GET /api/v2/agent_availabilities` (JSON:API shape); with
+/// `filter[channel_status]=messaging:online` only agents online for messaging.
+fn agent_availabilities(zd: &ZendeskState, req: &Req) -> SimResponse {
+    let filter = query_param(req.query.as_deref(), "filter[channel_status]");
+    let only_online = filter.as_deref() == Some("messaging:online");
+    let agents: Vec<&SimAgent> = zd
+        .agents
+        .values()
+        .filter(|a| !only_online || a.online)
+        .collect();
+    let status = |a: &SimAgent| if a.online { "online" } else { "offline" };
+    let data: Vec<Value> = agents
+        .iter()
+        .map(|a| {
+            json!({
+                "id": a.id.to_string(),
+                "type": "agent_availabilities",
+                "attributes": {
+                    "agent_id": a.id,
+                    "agent_status": {"id": if a.online { 1 } else { 3 }, "name": status(a)},
+                },
+                "relationships": {"channels": {"data": [
+                    {"id": format!("{}_messaging", a.id), "type": "channels"}
+                ]}},
+            })
+        })
+        .collect();
+    let included: Vec<Value> = agents
+        .iter()
+        .map(|a| {
+            json!({
+                "id": format!("{}_messaging", a.id),
+                "type": "channels",
+                "attributes": {"name": "messaging", "status": status(a)},
+            })
+        })
+        .collect();
+    SimResponse::json(
+        200,
+        &json!({"data": data, "included": included, "meta": {"has_more": false}}),
+    )
 }
 
 fn authenticated(shared: &Shared, req: &Req) -> bool {
@@ -289,6 +521,7 @@ fn create_ticket(shared: &Shared, zd: &mut ZendeskState, body: &Value) -> SimRes
             .and_then(Value::as_str)
             .unwrap_or("new")
             .to_owned(),
+        via_channel: "api".to_owned(),
         custom_fields: t.get("custom_fields").cloned().unwrap_or_else(|| json!([])),
         audits: vec![SimAudit {
             id: audit_id,
@@ -561,7 +794,7 @@ fn ticket_json(t: &SimTicket, base_url: &str) -> Value {
         "is_public": first.is_none_or(|c| c.public),
         "tags": t.tags,
         "custom_fields": t.custom_fields,
-        "via": {"channel": "api", "source": {"from": {}, "to": {}, "rel": null}},
+        "via": {"channel": t.via_channel, "source": {"from": {}, "to": {}, "rel": null}},
         "created_at": timestamp(&t.created_at),
         "updated_at": timestamp(&updated),
     })
