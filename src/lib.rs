@@ -10,6 +10,7 @@ pub mod demo;
 pub mod deployment;
 pub mod error;
 pub mod explain;
+pub mod ingress;
 pub mod pipeline;
 pub mod provider;
 #[cfg(feature = "tooling")]
