@@ -10,6 +10,7 @@ pub mod demo;
 pub mod deployment;
 pub mod error;
 pub mod explain;
+pub mod ingress;
 pub mod live_index;
 pub mod live_state;
 pub mod pipeline;

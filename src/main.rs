@@ -2,9 +2,9 @@
 use clap::{Parser, Subcommand};
 use escalator::config::Config;
 use escalator::pipeline::service::Worker;
-use escalator::settings::{AmqpArgs, Settings, ShapeArgs};
+use escalator::settings::{AmqpArgs, IngressArgs, Settings, ShapeArgs};
 #[cfg(feature = "tooling")]
-use escalator::settings::{LoadArgs, RedisArgs};
+use escalator::settings::{IngressBenchArgs, LoadArgs, RedisArgs};
 use escalator::topology::Topology;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -42,6 +42,25 @@ enum Command {
         #[command(flatten)]
         settings: Settings,
         /// Per-org configuration file (TOML).
+        #[arg(long, env = "ESCALATOR_CONFIG", default_value = "escalator.toml")]
+        config: PathBuf,
+    },
+    /// Run the webhook ingress: the HTTP endpoint for Zendesk webhooks.
+    ///
+    /// Checks each delivery (Bearer token of the org named in
+    /// fv-organisation-id; the signature when the org has a signing secret)
+    /// and publishes it to escalator.inbound (routing key webhook.zendesk),
+    /// answering 200 only after the broker confirmed. Routes: POST
+    /// /webhooks/zendesk and /ai-agent/escalation/webhooks/zendesk/all, GET
+    /// /healthz and /readyz. It does not declare the topology: run the
+    /// worker or `escalator topology` first.
+    #[command(after_help = ENVIRONMENT_HELP)]
+    Ingress {
+        #[command(flatten)]
+        amqp: AmqpArgs,
+        #[command(flatten)]
+        ingress: IngressArgs,
+        /// Per-org configuration file (TOML): the same file as the worker's.
         #[arg(long, env = "ESCALATOR_CONFIG", default_value = "escalator.toml")]
         config: PathBuf,
     },
@@ -86,7 +105,8 @@ enum Command {
         #[arg(long, default_value = "/")]
         vhost: String,
     },
-    /// Measure throughput and latency through RabbitMQ -> worker -> simulator -> Redis -> outbound.
+    /// Measure throughput and latency through RabbitMQ -> worker -> simulator -> Redis -> outbound
+    /// (with --ingress: of the webhook ingress, answered after the broker's confirm).
     #[cfg(feature = "tooling")]
     #[command(after_help = BENCH_HELP)]
     Bench {
@@ -96,7 +116,9 @@ enum Command {
         redis: RedisArgs,
         #[command(flatten)]
         load: LoadArgs,
-        /// Escalations to push through.
+        #[command(flatten)]
+        ingress: IngressBenchArgs,
+        /// Escalations (with --ingress: webhooks) to push through.
         #[arg(long, default_value_t = 2000)]
         count: usize,
         /// Instead of throughput: push this many distinct conversations
@@ -148,6 +170,23 @@ async fn run(command: Command) -> Result<(), String> {
             let stop = shutdown_signal();
             worker.run(stop).await;
             Ok(())
+        }
+        Command::Ingress {
+            amqp,
+            ingress,
+            config,
+        } => {
+            let _telemetry = escalator::telemetry::init("info");
+            ingress.validate()?;
+            let config = Config::load(&config).map_err(|e| e.to_string())?;
+            let options = escalator::ingress::IngressOptions::from_args(amqp.amqp_url, &ingress);
+            let handle = escalator::ingress::start_with(options, config)
+                .await
+                .map_err(|e| e.to_string())?;
+            handle
+                .run(shutdown_signal())
+                .await
+                .map_err(|e| e.to_string())
         }
         #[cfg(feature = "tooling")]
         Command::Sim { addr } => {
@@ -210,6 +249,7 @@ async fn run(command: Command) -> Result<(), String> {
             amqp,
             redis,
             load,
+            ingress,
             count,
             conversations,
         } => {
@@ -222,6 +262,10 @@ async fn run(command: Command) -> Result<(), String> {
             settings.shards = load.shards;
             let mode = match conversations {
                 Some(conversations) => escalator::bench::Mode::Memory { conversations },
+                None if ingress.ingress => escalator::bench::Mode::Ingress {
+                    count,
+                    clients: ingress.clients,
+                },
                 None => escalator::bench::Mode::Throughput { count },
             };
             escalator::bench::run(settings, mode).await

@@ -122,6 +122,65 @@ pub struct LoadArgs {
     pub shards: u16,
 }
 
+/// Where the webhook ingress listens unless `ESCALATOR_INGRESS_LISTEN` says otherwise.
+pub const DEFAULT_INGRESS_LISTEN: &str = "127.0.0.1:8080";
+/// Largest webhook body accepted by default (256 KiB): Zendesk's webhook
+/// payloads are a few KiB; anything far larger is not a Zendesk delivery.
+pub const DEFAULT_INGRESS_BODY_LIMIT: usize = 262_144;
+/// Default of `ESCALATOR_INGRESS_CONFIRM_TIMEOUT_MS`: well below the 10-12 s
+/// after which Zendesk counts a delivery as failed, so that a broker that
+/// does not confirm gets a 503 (and a Zendesk retry) rather than a timeout.
+pub const DEFAULT_INGRESS_CONFIRM_TIMEOUT_MS: u64 = 5_000;
+/// The variables of [`IngressArgs`] (the deployment manifests name them).
+pub const INGRESS_LISTEN_ENV: &str = "ESCALATOR_INGRESS_LISTEN";
+pub const INGRESS_BODY_LIMIT_ENV: &str = "ESCALATOR_INGRESS_BODY_LIMIT";
+pub const INGRESS_CONFIRM_TIMEOUT_ENV: &str = "ESCALATOR_INGRESS_CONFIRM_TIMEOUT_MS";
+
+/// The webhook HTTP endpoint: `ingress` (with [`AmqpArgs`]).
+#[derive(Debug, Clone, clap::Args)]
+pub struct IngressArgs {
+    /// Address the webhook endpoint listens on (0.0.0.0:8080 in a container).
+    #[arg(long, env = INGRESS_LISTEN_ENV, default_value = DEFAULT_INGRESS_LISTEN)]
+    pub listen: std::net::SocketAddr,
+    /// Largest accepted webhook body in bytes; larger ones get 413.
+    #[arg(long, env = INGRESS_BODY_LIMIT_ENV, default_value_t = DEFAULT_INGRESS_BODY_LIMIT)]
+    pub body_limit: usize,
+    /// Longest wait for the broker to confirm a webhook's publish; then the
+    /// answer is 503 (Zendesk retries) and the AMQP session is rebuilt.
+    #[arg(long, env = INGRESS_CONFIRM_TIMEOUT_ENV, default_value_t = DEFAULT_INGRESS_CONFIRM_TIMEOUT_MS)]
+    pub confirm_timeout_ms: u64,
+}
+
+impl IngressArgs {
+    /// Reject values that cannot work, naming the variable.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut problems = Vec::new();
+        if self.body_limit == 0 {
+            problems.push(format!("{INGRESS_BODY_LIMIT_ENV} must be at least 1"));
+        }
+        if self.confirm_timeout_ms == 0 {
+            problems.push(format!("{INGRESS_CONFIRM_TIMEOUT_ENV} must be at least 1"));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("invalid settings: {}", problems.join("; ")))
+        }
+    }
+}
+
+/// The ingress benchmark: `bench --ingress`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct IngressBenchArgs {
+    /// Instead of the pipeline: measure the webhook ingress (N = --count
+    /// valid webhooks, answered only after the broker confirmed them).
+    #[arg(long)]
+    pub ingress: bool,
+    /// Concurrent HTTP clients of the ingress benchmark.
+    #[arg(long, default_value_t = 16)]
+    pub clients: usize,
+}
+
 impl Settings {
     /// The built-in defaults, whatever the environment says: the base of the
     /// commands that take only some groups of settings (their flags and

@@ -8,6 +8,7 @@
 //! both removed at the end, also after an error or Ctrl-C.
 mod baseline;
 mod cpu;
+mod ingress;
 mod isolation;
 mod measure;
 mod memory;
@@ -39,6 +40,8 @@ pub enum Mode {
     Throughput { count: usize },
     /// Memory (RSS) after 2k, 10k and `conversations` distinct conversations.
     Memory { conversations: usize },
+    /// The webhook ingress: `count` valid webhooks from `clients` concurrent clients.
+    Ingress { count: usize, clients: usize },
 }
 
 enum Outcome {
@@ -56,6 +59,9 @@ impl Outcome {
 }
 
 pub async fn run(settings: Settings, mode: Mode) -> Result<(), String> {
+    if let Mode::Ingress { count, clients } = mode {
+        return ingress::run(&settings, count, clients).await;
+    }
     match mode {
         Mode::Throughput { count: 0 } => return Err("--count must be at least 1".into()),
         Mode::Memory { conversations: 0 } => {
@@ -71,6 +77,7 @@ pub async fn run(settings: Settings, mode: Mode) -> Result<(), String> {
         Mode::Memory { conversations } => {
             println!("escalator bench: memory after up to {conversations} distinct conversations")
         }
+        Mode::Ingress { .. } => {}
     }
     let scratch = isolation::create(&settings).await?;
     let mut settings = settings;
@@ -116,6 +123,7 @@ async fn stages(settings: &Settings, mode: Mode) -> Result<Outcome, String> {
     isolation::record_shape(settings).await?;
     let count = match mode {
         Mode::Throughput { count } => count,
+        Mode::Ingress { .. } => return Err("the ingress benchmark runs on its own".into()),
         Mode::Memory { conversations } => {
             println!("\nmemory: starting the simulator and a worker");
             return memory::run(settings, conversations)
