@@ -6,7 +6,8 @@ use crate::config::Config;
 use crate::contract::OutboundEvent;
 use crate::pipeline::service::Worker;
 use crate::settings::Settings;
-use crate::sim::{self, SimHandle, SimSettings};
+use crate::ingress::IngressHandle;
+use crate::sim::{self, SimHandle, SimSettings, WebhookTarget};
 use crate::topology::{INBOUND_EXCHANGE, OUTBOUND_EXCHANGE};
 use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
@@ -18,6 +19,8 @@ use tokio_util::sync::CancellationToken;
 
 pub const ZENDESK_ORG: &str = "sandbox-zendesk";
 pub const SALESFORCE_ORG: &str = "sandbox-salesforce";
+/// The Bearer token of the sandbox Zendesk org's webhook (a test value).
+pub const SANDBOX_WEBHOOK_TOKEN: &str = "sandbox-webhook-token-0123456789";
 
 /// Config of the sandbox orgs, pointing at the simulator at `sim_url`.
 pub fn sandbox_config(sim_url: &str) -> String {
@@ -34,6 +37,13 @@ base_url = "{sim_url}"
 assignee_id = 1000
 group_id = 77
 tags = ["escalator", "ai_handoff"]
+
+[orgs.{ZENDESK_ORG}.zendesk.live]
+app_id = "sim-app"
+key_id = "sim-key"
+secret = "sim-sunshine-secret"
+base_url = "{sim_url}/sc"
+webhook_token = "{SANDBOX_WEBHOOK_TOKEN}"
 
 [orgs.{SALESFORCE_ORG}]
 provider = "salesforce"
@@ -70,8 +80,11 @@ pub fn sample_escalation(org: &str, conversation_id: &str) -> serde_json::Value 
 pub struct Sandbox {
     pub sim: SimHandle,
     pub settings: Settings,
+    pub config: Config,
     pub worker: Arc<Worker>,
     pub client: Client,
+    /// The webhook ingress, when started ([`Sandbox::with_ingress`]).
+    pub ingress: Option<IngressHandle>,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
@@ -158,7 +171,7 @@ impl Sandbox {
         sim: SimHandle,
     ) -> Result<Sandbox, String> {
         let worker = Arc::new(
-            Worker::start(settings.clone(), config)
+            Worker::start(settings.clone(), config.clone())
                 .await
                 .map_err(|e| e.to_string())?,
         );
@@ -172,15 +185,49 @@ impl Sandbox {
         Ok(Sandbox {
             sim,
             settings,
+            config,
             worker,
             client,
+            ingress: None,
             stop,
             task,
         })
     }
 
-    /// Stop the worker (graceful) and the simulator.
+    /// Start the webhook ingress for the sandbox's orgs and point the
+    /// simulator's Zendesk webhook at it: `target` gets the ingress's webhook
+    /// URL and says who the simulator delivers as
+    /// ([`Sandbox::zendesk_webhook`] for the sandbox Zendesk org).
+    pub async fn with_ingress(
+        mut self,
+        target: impl FnOnce(String) -> WebhookTarget,
+    ) -> Result<Sandbox, String> {
+        let ingress =
+            crate::ingress::start(&self.settings, self.config.clone(), ([127, 0, 0, 1], 0).into())
+                .await
+                .map_err(|e| e.to_string())?;
+        self.sim.set_zendesk_webhook(target(ingress.webhook_url()));
+        self.ingress = Some(ingress);
+        Ok(self)
+    }
+
+    /// The sandbox Zendesk org's webhook as the set-up guide has it (Bearer
+    /// token, `fv-organisation-id`, the session-end trigger).
+    pub fn zendesk_webhook(url: String) -> WebhookTarget {
+        WebhookTarget {
+            url,
+            org_id: ZENDESK_ORG.to_string(),
+            bearer_token: SANDBOX_WEBHOOK_TOKEN.to_string(),
+            signing_secret: None,
+            session_end_trigger: true,
+        }
+    }
+
+    /// Stop the ingress, the worker (graceful) and the simulator.
     pub async fn stop(self) {
+        if let Some(ingress) = self.ingress {
+            ingress.shutdown().await;
+        }
         self.stop.cancel();
         let _ = self.task.await;
         self.client.close().await;
