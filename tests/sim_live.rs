@@ -10,7 +10,9 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use base64::Engine as _;
-use escalator::sim::{self, SimHandle, SimLiveError, SimSchedule, SimSettings, WebhookTarget};
+use escalator::sim::{
+    self, FaultRule, SimHandle, SimLiveError, SimSchedule, SimSettings, WebhookTarget,
+};
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
@@ -349,6 +351,43 @@ async fn conversations_messages_limits_and_pagination() {
     assert_eq!(c["isDefault"], true);
     assert_eq!(c["activeSwitchboardIntegration"]["name"], "zd-answerBot");
 
+    // A lost answer (the fault rule acts after the real effect): the
+    // conversation exists although the client saw 503, and the lookup finds it.
+    sim.inject(FaultRule {
+        method: Some("POST".to_owned()),
+        path_prefix: format!("/sc/v2/apps/{APP}/conversations"),
+        times: Some(1),
+        status: Some(503),
+        after_effect: true,
+        ..FaultRule::default()
+    });
+    let (status, body) = post(
+        &client,
+        sc(&sim, "conversations"),
+        json!({"type": "personal", "participants": [{"userId": user}], "metadata": {"escalator_conversation_id": "lost"}}),
+    )
+    .await;
+    assert_eq!(status, 503);
+    assert_eq!(body["errors"][0]["code"], "service_unavailable");
+    let (_, body) = get(
+        &client,
+        sc(&sim, &format!("conversations?filter[userId]={user}")),
+    )
+    .await;
+    let lost = body["conversations"][1]["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        body["conversations"][1]["metadata"]["escalator_conversation_id"],
+        "lost"
+    );
+    let recorded = sim.requests();
+    let last = recorded.last().unwrap();
+    assert!((last.status, last.faulted) == (200, false) && last.path.contains("filter"));
+    assert!(recorded.iter().all(|r| {
+        r.headers
+            .iter()
+            .all(|(n, v)| n != "authorization" || v == "<redacted>")
+    }));
+
     // Multi-conversations on (default): a second personal conversation is fine.
     let second = create_conversation(&sim, &client, &user).await;
     let (status, body) = get(
@@ -363,8 +402,8 @@ async fn conversations_messages_limits_and_pagination() {
         .iter()
         .map(|c| c["id"].as_str().unwrap())
         .collect();
-    assert_eq!(listed, vec![conv.as_str(), second.as_str()]);
-    assert_eq!(body["conversations"][1]["isDefault"], false);
+    assert_eq!(listed, vec![conv.as_str(), lost.as_str(), second.as_str()]);
+    assert_eq!(body["conversations"][2]["isDefault"], false);
     // Off: refused, and nothing is made.
     sim.set_multi_convo(APP, false);
     let (status, body) = post(
@@ -381,7 +420,7 @@ async fn conversations_messages_limits_and_pagination() {
             .unwrap()
             .contains("multiConvoEnabled")
     );
-    assert_eq!(sim.sunshine_conversations().len(), 2);
+    assert_eq!(sim.sunshine_conversations().len(), 3);
 
     // Text limits: 4,096 characters pass, 4,097 do not.
     let author = json!({"type": "user", "userId": user});
