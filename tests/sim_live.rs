@@ -10,7 +10,9 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use base64::Engine as _;
-use escalator::sim::{self, SimHandle, SimLiveError, SimSchedule, SimSettings, WebhookTarget};
+use escalator::sim::{
+    self, FaultRule, SimHandle, SimLiveError, SimSchedule, SimSettings, WebhookTarget,
+};
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
@@ -349,6 +351,43 @@ async fn conversations_messages_limits_and_pagination() {
     assert_eq!(c["isDefault"], true);
     assert_eq!(c["activeSwitchboardIntegration"]["name"], "zd-answerBot");
 
+    // A lost answer (the fault rule acts after the real effect): the
+    // conversation exists although the client saw 503, and the lookup finds it.
+    sim.inject(FaultRule {
+        method: Some("POST".to_owned()),
+        path_prefix: format!("/sc/v2/apps/{APP}/conversations"),
+        times: Some(1),
+        status: Some(503),
+        after_effect: true,
+        ..FaultRule::default()
+    });
+    let (status, body) = post(
+        &client,
+        sc(&sim, "conversations"),
+        json!({"type": "personal", "participants": [{"userId": user}], "metadata": {"escalator_conversation_id": "lost"}}),
+    )
+    .await;
+    assert_eq!(status, 503);
+    assert_eq!(body["errors"][0]["code"], "service_unavailable");
+    let (_, body) = get(
+        &client,
+        sc(&sim, &format!("conversations?filter[userId]={user}")),
+    )
+    .await;
+    let lost = body["conversations"][1]["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        body["conversations"][1]["metadata"]["escalator_conversation_id"],
+        "lost"
+    );
+    let recorded = sim.requests();
+    let last = recorded.last().unwrap();
+    assert!((last.status, last.faulted) == (200, false) && last.path.contains("filter"));
+    assert!(recorded.iter().all(|r| {
+        r.headers
+            .iter()
+            .all(|(n, v)| n != "authorization" || v == "<redacted>")
+    }));
+
     // Multi-conversations on (default): a second personal conversation is fine.
     let second = create_conversation(&sim, &client, &user).await;
     let (status, body) = get(
@@ -363,8 +402,8 @@ async fn conversations_messages_limits_and_pagination() {
         .iter()
         .map(|c| c["id"].as_str().unwrap())
         .collect();
-    assert_eq!(listed, vec![conv.as_str(), second.as_str()]);
-    assert_eq!(body["conversations"][1]["isDefault"], false);
+    assert_eq!(listed, vec![conv.as_str(), lost.as_str(), second.as_str()]);
+    assert_eq!(body["conversations"][2]["isDefault"], false);
     // Off: refused, and nothing is made.
     sim.set_multi_convo(APP, false);
     let (status, body) = post(
@@ -381,7 +420,7 @@ async fn conversations_messages_limits_and_pagination() {
             .unwrap()
             .contains("multiConvoEnabled")
     );
-    assert_eq!(sim.sunshine_conversations().len(), 2);
+    assert_eq!(sim.sunshine_conversations().len(), 3);
 
     // Text limits: 4,096 characters pass, 4,097 do not.
     let author = json!({"type": "user", "userId": user});
@@ -935,4 +974,141 @@ async fn schedules_availability_and_action_errors() {
     assert!(sim.sunshine_conversations().is_empty());
     assert!(sim.webhook_deliveries().is_empty());
     assert!(sim.zendesk_agents().iter().all(|a| !a.online));
+}
+
+/// The Sunshine spec as one JSON document whose OpenAPI 3.0 `nullable` is
+/// turned into JSON Schema (`type: [T, "null"]`, or `anyOf` with null).
+fn load_spec() -> Option<Value> {
+    let candidates = [
+        std::env::var("SUNSHINE_SPEC").ok(),
+        Some("../shared/specs/sunshine-conversations-openapi.yaml".to_owned()),
+        Some("../../shared/specs/sunshine-conversations-openapi.yaml".to_owned()),
+    ];
+    let path = candidates
+        .into_iter()
+        .flatten()
+        .find(|p| std::path::Path::new(p).exists());
+    let Some(path) = path else {
+        eprintln!("skipped: the Sunshine OpenAPI spec is not present (set SUNSHINE_SPEC)");
+        return None;
+    };
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut spec: Value = serde_yaml_ng::from_str(&text).unwrap();
+    fn openapi_to_json_schema(v: &mut Value) {
+        match v {
+            Value::Object(map) => {
+                for child in map.values_mut() {
+                    openapi_to_json_schema(child);
+                }
+                if map.remove("nullable") == Some(Value::Bool(true)) {
+                    if let Some(Value::String(t)) = map.get("type").cloned() {
+                        map.insert("type".to_owned(), json!([t, "null"]));
+                        if let Some(Value::Array(e)) = map.get_mut("enum") {
+                            e.push(Value::Null);
+                        }
+                    } else {
+                        let inner = Value::Object(std::mem::take(map));
+                        map.insert("anyOf".to_owned(), json!([{"type": "null"}, inner]));
+                    }
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(openapi_to_json_schema),
+            _ => {}
+        }
+    }
+    openapi_to_json_schema(&mut spec);
+    Some(spec)
+}
+
+/// Validates `instance` against `#/components/schemas/<name>` of the spec.
+fn assert_matches_spec(spec: &Value, name: &str, instance: &Value) {
+    let mut root = json!({"components": spec["components"].clone()});
+    root["$ref"] = json!(format!("#/components/schemas/{name}"));
+    let validator = jsonschema::validator_for(&root).unwrap();
+    let errors: Vec<String> = validator
+        .iter_errors(instance)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(errors.is_empty(), "{name}: {errors:?}\n{instance}");
+}
+
+#[tokio::test]
+async fn sunshine_answers_match_the_official_spec() {
+    let Some(spec) = load_spec() else {
+        return;
+    };
+    // The check itself can fail: a wrong type is caught through the $refs.
+    let root = json!({"components": spec["components"].clone(), "$ref": "#/components/schemas/messageListResponse"});
+    let validator = jsonschema::validator_for(&root).unwrap();
+    assert!(!validator.is_valid(&json!({"messages": [{"id": 5}]})));
+    assert!(!validator.is_valid(&json!({"messages": [{"author": {"type": "robot"}}]})));
+    assert!(validator.is_valid(&json!({"messages": [{"id": "5", "metadata": null}]})));
+    let (sim, client) = setup().await;
+    let (status, user) = post(
+        &client,
+        sc(&sim, "users"),
+        json!({"externalId": "spec-1", "profile": {"givenName": "Ada", "email": "ada@example.com"}}),
+    )
+    .await;
+    assert_eq!(status, 201);
+    assert_matches_spec(&spec, "userResponse", &user);
+    let user_id = user["user"]["id"].as_str().unwrap().to_owned();
+    let (_, bare) = post(&client, sc(&sim, "users"), json!({})).await;
+    assert_matches_spec(&spec, "userResponse", &bare);
+    let (_, fetched) = get(&client, sc(&sim, "users/spec-1")).await;
+    assert_matches_spec(&spec, "userResponse", &fetched);
+    let (_, conflict) = post(&client, sc(&sim, "users"), json!({"externalId": "spec-1"})).await;
+    assert_matches_spec(&spec, "errorResponse", &conflict);
+
+    let conv = create_conversation(&sim, &client, &user_id).await;
+    let (_, one) = get(&client, sc(&sim, &format!("conversations/{conv}"))).await;
+    assert_matches_spec(&spec, "conversationResponse", &one);
+    let (_, listed) = get(
+        &client,
+        sc(&sim, &format!("conversations?filter[userId]={user_id}")),
+    )
+    .await;
+    assert_matches_spec(&spec, "conversationListResponse", &listed);
+
+    let (_, posted) = post_text(
+        &sim,
+        &client,
+        &conv,
+        json!({"type": "user", "userId": user_id}),
+        "hello",
+    )
+    .await;
+    assert_matches_spec(&spec, "messagePostResponse", &posted);
+    let (_, business) = post(
+        &client,
+        sc(&sim, &format!("conversations/{conv}/messages")),
+        json!({"author": {"type": "business", "displayName": "AI assistant"}, "content": {"type": "text", "text": "hi"}}),
+    )
+    .await;
+    assert_matches_spec(&spec, "messagePostResponse", &business);
+    let (status, _) = post(
+        &client,
+        sc(&sim, &format!("conversations/{conv}/passControl")),
+        json!({"switchboardIntegration": "zd-agentWorkspace"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    sim.set_zendesk_webhook(Receiver::start().await.target(false, false));
+    sim.agent_replies(&conv, "agent here").await.unwrap();
+    for _ in 0..120 {
+        let (status, _) = post_text(
+            &sim,
+            &client,
+            &conv,
+            json!({"type": "user", "userId": user_id}),
+            "more",
+        )
+        .await;
+        assert_eq!(status, 201);
+    }
+    let (_, page) = get(&client, sc(&sim, &format!("conversations/{conv}/messages"))).await;
+    assert_eq!(page["messages"].as_array().unwrap().len(), 100);
+    assert_matches_spec(&spec, "messageListResponse", &page);
+    let (_, after_pass) = get(&client, sc(&sim, &format!("conversations/{conv}"))).await;
+    assert_matches_spec(&spec, "conversationResponse", &after_pass);
 }

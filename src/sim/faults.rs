@@ -106,6 +106,22 @@ fn default_body(status: u16, path: &str) -> (&'static str, String) {
         let body = json!([{"message": message, "errorCode": code}]);
         return (SF_JSON, body.to_string());
     }
+    if path.starts_with("/sc/") {
+        // Sunshine Conversations: `{"errors":[{"code","title"}]}`.
+        let (code, title) = match status {
+            400 => ("bad_request", "Bad request"),
+            401 => ("unauthorized", "Authorization Required"),
+            403 => ("forbidden", "Forbidden"),
+            404 => ("not_found", "Resource not found"),
+            409 => ("conflict", "Conflict"),
+            423 => ("locked", "Message limit of 30000 per conversation reached."),
+            429 => ("too_many_requests", "Too many requests"),
+            502..=504 => ("service_unavailable", "Service unavailable"),
+            _ => ("internal_server_error", "Internal server error"),
+        };
+        let body = json!({"errors": [{"code": code, "title": title}]});
+        return (JSON, body.to_string());
+    }
     // Zendesk (and anything else).
     let body = match status {
         503 => {
@@ -164,5 +180,7 @@ mod tests {
         assert_eq!(r.body, b"Service Unavailable");
         let r = response(&rule("/", None), "/services/data/v60.0/sobjects/Case");
         assert!(String::from_utf8_lossy(&r.body).contains("SERVER_UNAVAILABLE"));
+        let r = response(&rule("/", None), "/sc/v2/apps/a/conversations");
+        assert!(String::from_utf8_lossy(&r.body).contains("service_unavailable"));
     }
 }

@@ -43,6 +43,7 @@ pub(crate) const ANSWER_BOT: SwitchboardIntegration = SwitchboardIntegration {
     integration_type: "zd:answerBot",
 };
 
+/// A switchboard integration as `activeSwitchboardIntegration` shows it.
 pub(crate) struct SwitchboardIntegration {
     pub(crate) id: &'static str,
     pub(crate) name: &'static str,
@@ -65,6 +66,7 @@ impl SwitchboardIntegration {
     }
 }
 
+/// Users and conversations of every app, plus the per-app switches.
 pub(crate) struct SunshineState {
     pub(crate) users: Vec<SimSunshineUser>,
     pub(crate) conversations: Vec<SimSunshineConversation>,
