@@ -4,9 +4,9 @@
 use crate::amqp::{self, Publisher, json_properties};
 use crate::config::Config;
 use crate::contract::OutboundEvent;
+use crate::ingress::IngressHandle;
 use crate::pipeline::service::Worker;
 use crate::settings::Settings;
-use crate::ingress::IngressHandle;
 use crate::sim::{self, SimHandle, SimSettings, WebhookTarget};
 use crate::topology::{INBOUND_EXCHANGE, OUTBOUND_EXCHANGE};
 use futures_util::StreamExt;
@@ -202,10 +202,13 @@ impl Sandbox {
         mut self,
         target: impl FnOnce(String) -> WebhookTarget,
     ) -> Result<Sandbox, String> {
-        let ingress =
-            crate::ingress::start(&self.settings, self.config.clone(), ([127, 0, 0, 1], 0).into())
-                .await
-                .map_err(|e| e.to_string())?;
+        let ingress = crate::ingress::start(
+            &self.settings,
+            self.config.clone(),
+            ([127, 0, 0, 1], 0).into(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
         self.sim.set_zendesk_webhook(target(ingress.webhook_url()));
         self.ingress = Some(ingress);
         Ok(self)

@@ -27,6 +27,11 @@ impl ActiveFault {
                 .as_deref()
                 .is_none_or(|m| m.eq_ignore_ascii_case(method))
             && path_and_query.starts_with(&self.rule.path_prefix)
+            && self
+                .rule
+                .path_contains
+                .as_deref()
+                .is_none_or(|part| path_and_query.contains(part))
     }
 }
 

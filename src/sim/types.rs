@@ -159,6 +159,9 @@ pub struct FaultRule {
     pub method: Option<String>,
     /// Matches when the request path (with query) starts with this.
     pub path_prefix: String,
+    /// And, when set, contains this (e.g. `/passControl`, whose path starts
+    /// with an id the test does not know in advance).
+    pub path_contains: Option<String>,
     /// How many matching requests to fault; None = forever.
     pub times: Option<u32>,
     /// Answer with this status; None = behave normally (e.g. only add latency).
