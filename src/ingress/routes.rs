@@ -137,7 +137,12 @@ async fn accept(state: &AppState, request: Request) -> Result<String, Rejection>
     match state.broker.publish(ROUTING_KEY, &bytes, props).await {
         Ok(()) => Ok(message_id),
         Err(e) => {
-            tracing::warn!(error = %e, "publish failed");
+            if matches!(e, PublishError::NotConnected) {
+                // The keeper logs the outage itself.
+                tracing::debug!(error = %e, "publish failed");
+            } else {
+                tracing::warn!(error = %e, "publish failed");
+            }
             Err(match e {
                 PublishError::TopologyMissing => Rejection::TopologyMissing,
                 _ => Rejection::Unavailable,
