@@ -406,6 +406,7 @@ fn every_environment_variable_is_in_some_help() {
         vec![],
         vec!["worker"],
         vec!["topology"],
+        vec!["ingress"],
         vec!["demo"],
         vec!["bench"],
         vec!["sim"],
@@ -424,7 +425,7 @@ fn every_environment_variable_is_in_some_help() {
 
 #[test]
 fn help_never_shows_the_password_of_a_url_in_the_environment() {
-    for command in ["worker", "topology", "demo", "bench"] {
+    for command in ["worker", "ingress", "topology", "demo", "bench"] {
         let out = escalator()
             .args([command, "--help"])
             .env("ESCALATOR_AMQP_URL", "amqp://u:CANARY-pw-4711@h:5672/%2f")

@@ -66,6 +66,8 @@ const STATUS_CHANGED: &str = r#"{"account_id":1,"id":"01HEVENT","type":"zen:even
 /// The session-end trigger body exactly as the admins' guide has it.
 const TRIGGER_BODY: &str = "{\n\"ticket_id\": \"42\",\n\"type\": \"fv:conversation_closed\",\n}";
 
+type Headers = Vec<(&'static str, String)>;
+
 fn now_ts() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
@@ -223,7 +225,7 @@ async fn refused_deliveries_get_their_status_and_publish_nothing() {
             (ORG_HEADER, "globex".to_string()),
         ]
     };
-    let cases: Vec<(&str, Vec<(&'static str, String)>, Vec<u8>, u16)> = vec![
+    let cases: Vec<(&str, Headers, Vec<u8>, u16)> = vec![
         (
             "wrong token",
             with(
@@ -645,5 +647,126 @@ async fn without_the_topology_webhooks_get_503_until_it_is_declared() {
     }
     assert_eq!(env.queue_depth(INTAKE_QUEUE).await, 1);
     ingress.shutdown().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn the_ingress_command_serves_logs_safely_and_stops_on_sigterm() {
+    let env = TestEnv::new("ingress-process").await;
+    env.declare_topology().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("escalator.toml");
+    let config_text = format!(
+        r#"
+[orgs.acme]
+provider = "zendesk"
+[orgs.acme.zendesk]
+subdomain = "acme"
+email = "bot@acme.example"
+api_token = "t"
+[orgs.acme.zendesk.live]
+app_id = "app_acme"
+key_id = "app_key_acme"
+secret = "s"
+webhook_token = "${{ACME_WEBHOOK_TOKEN}}"
+webhook_signing_secret = "{ACME_SECRET}"
+"#
+    );
+    std::fs::write(&config_path, config_text).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let log = dir.path().join("ingress.log");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_escalator"))
+        .arg("ingress")
+        .env("ESCALATOR_AMQP_URL", &env.settings.amqp_url)
+        .env("ESCALATOR_CONFIG", &config_path)
+        .env("ESCALATOR_INGRESS_LISTEN", format!("127.0.0.1:{port}"))
+        .env("ACME_WEBHOOK_TOKEN", ACME_TOKEN)
+        .env("RUST_LOG", "debug")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = client();
+    // Up once it answers; ready once connected.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while http.get(format!("{base}/healthz")).send().await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the ingress did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    until_ready_is(&http, &base, 200).await;
+
+    // The compose health check's HTTP/1.0 request over bash's /dev/tcp.
+    let check = format!(
+        "exec 3<>/dev/tcp/127.0.0.1/{port} && printf 'GET /readyz HTTP/1.0\\r\\n\\r\\n' >&3 && head -n 1 <&3 | grep -q ' 200 '"
+    );
+    let status = std::process::Command::new("bash")
+        .args(["-c", &check])
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "the compose health check fails against a ready ingress"
+    );
+
+    let body = r#"{"type":"zen:event-type:messaging_ticket.message_added","event":{"actor":{"name":"Grace Hopper"},"message":{"body":"my email is grace@example.com"}}}"#;
+    let headers = acme_headers(body);
+    let (status, answer) = post(
+        &http,
+        &format!("{base}{}", ingress::GUIDE_WEBHOOK_PATH),
+        &headers,
+        body,
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let wrong = with(
+        headers.clone(),
+        "authorization",
+        Some("Bearer guessed-token-000000".into()),
+    );
+    assert_eq!(
+        post(&http, &format!("{base}/webhooks/zendesk"), &wrong, body)
+            .await
+            .0,
+        401
+    );
+    assert_eq!(env.queue_depth(INTAKE_QUEUE).await, 1);
+
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let exit = tokio::time::timeout(WAIT, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success(), "exit status {exit}");
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("webhook queued"), "{text}");
+    assert!(text.contains("org_id") && text.contains("acme"), "{text}");
+    assert!(text.contains("wrong_token"), "{text}");
+    for secret in [
+        ACME_TOKEN,
+        ACME_SECRET,
+        "guessed-token",
+        headers[6].1.as_str(),
+        "Grace Hopper",
+        "grace@example.com",
+    ] {
+        assert!(!text.contains(secret), "the log holds {secret}:\n{text}");
+    }
     env.cleanup().await;
 }

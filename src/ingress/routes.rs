@@ -82,7 +82,11 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 }
 
 async fn webhook(State(state): State<Arc<AppState>>, request: Request) -> Response {
-    let span = tracing::info_span!("webhook", org_id = tracing::field::Empty);
+    let span = tracing::info_span!(
+        "webhook",
+        org_id = tracing::field::Empty,
+        claimed_org = tracing::field::Empty
+    );
     async move {
         let started = tokio::time::Instant::now();
         let result = accept(&state, request).await;
@@ -112,7 +116,23 @@ async fn webhook(State(state): State<Arc<AppState>>, request: Request) -> Respon
 async fn accept(state: &AppState, request: Request) -> Result<String, Rejection> {
     let received_at = chrono::Utc::now();
     let (parts, body) = request.into_parts();
-    let who = state.credentials.authenticate(&parts.headers)?;
+    let who = state
+        .credentials
+        .authenticate(&parts.headers)
+        .inspect_err(|rejection| {
+            // Which org an unknown-org delivery names helps an admin find a
+            // typo; logged only when it is a well-formed org id.
+            if *rejection == Rejection::UnknownOrg
+                && let Some(claimed) = parts
+                    .headers
+                    .get(auth::ORG_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::trim)
+                    .filter(|id| crate::config::valid_org_id(id))
+            {
+                tracing::Span::current().record("claimed_org", claimed);
+            }
+        })?;
     tracing::Span::current().record("org_id", who.org_id);
     let body = read_body(&parts.headers, body, state.body_limit).await?;
     if let Some(secret) = who.signing_secret {
@@ -137,7 +157,12 @@ async fn accept(state: &AppState, request: Request) -> Result<String, Rejection>
     match state.broker.publish(ROUTING_KEY, &bytes, props).await {
         Ok(()) => Ok(message_id),
         Err(e) => {
-            tracing::warn!(error = %e, "publish failed");
+            if matches!(e, PublishError::NotConnected) {
+                // The keeper logs the outage itself.
+                tracing::debug!(error = %e, "publish failed");
+            } else {
+                tracing::warn!(error = %e, "publish failed");
+            }
             Err(match e {
                 PublishError::TopologyMissing => Rejection::TopologyMissing,
                 _ => Rejection::Unavailable,
