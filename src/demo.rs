@@ -62,11 +62,20 @@ async fn check_reachable(settings: &Settings) -> Result<(), String> {
 }
 
 async fn in_sandbox(settings: Settings) -> Result<(), String> {
-    let sandbox = Sandbox::start(settings, sandbox_config).await?;
+    let sandbox = Sandbox::start(settings, sandbox_config)
+        .await?
+        .with_ingress(Sandbox::zendesk_webhook)
+        .await?;
     println!(
-        "  simulator {}  (Zendesk and Salesforce APIs)",
+        "  simulator {}  (Zendesk, Sunshine Conversations and Salesforce APIs)",
         sandbox.sim.base_url()
     );
+    if let Some(ingress) = &sandbox.ingress {
+        println!(
+            "  ingress   {}  (Zendesk webhooks, as the simulator delivers them)",
+            ingress.webhook_url()
+        );
+    }
     let result = scenario(&sandbox).await;
     sandbox.stop().await;
     result
@@ -135,6 +144,85 @@ async fn scenario(sandbox: &Sandbox) -> Result<(), String> {
         .await?;
     let event = expect(&mut widget, &conv).await?;
     print_event(&event);
+
+    live_chat(sandbox, &run).await
+}
+
+/// 3. Zendesk live chat: hand-over, the agent joins and replies, the
+/// customer answers, the agent ends the session.
+async fn live_chat(sandbox: &Sandbox, run: &str) -> Result<(), String> {
+    let conv = format!("demo-{run}-live");
+    let mut widget = sandbox.listen(&format!("{ZENDESK_ORG}.#")).await?;
+    println!("\n4. The AI agent hands conversation {conv} to a live Zendesk agent");
+    let mut body = sample_escalation(ZENDESK_ORG, &conv);
+    body["mode"] = json!("live");
+    sandbox
+        .publish("escalation.requested", &format!("{conv}-escalation"), &body)
+        .await?;
+    let created = expect(&mut widget, &conv).await?;
+    print_event(&created);
+    let OutboundPayload::EscalationCreated(c) = &created.payload else {
+        return Err("the live hand-over did not start with escalation.created".into());
+    };
+    let sunshine = c.external_id.clone();
+    print_event(&expect(&mut widget, &conv).await?);
+    let sim_error = |e: crate::sim::SimLiveError| format!("the simulator refused: {e}");
+
+    println!("\n5. Alex, an agent, takes the chat in Agent Workspace");
+    sandbox
+        .sim
+        .agent_joins(&sunshine, 9001)
+        .await
+        .map_err(sim_error)?;
+    print_event(&expect(&mut widget, &conv).await?);
+    println!("\n6. Alex replies");
+    sandbox
+        .sim
+        .agent_replies(
+            &sunshine,
+            "Hi Ada, I am sorry about the double charge. Let me look.",
+        )
+        .await
+        .map_err(sim_error)?;
+    print_event(&expect(&mut widget, &conv).await?);
+
+    println!("\n7. The customer answers in the widget; the message reaches Alex");
+    let text = "Thank you! It was order 4711.";
+    sandbox
+        .publish(
+            "customer.message",
+            &format!("{conv}-m1"),
+            &json!({
+                "org_id": ZENDESK_ORG, "conversation_id": conv, "message_id": format!("{conv}-m1"),
+                "text": text, "sent_at": Utc::now(),
+            }),
+        )
+        .await?;
+    let mut requests = sandbox.sim.subscribe();
+    let reached = |s: &Sandbox| {
+        s.sim
+            .sunshine_conversations()
+            .iter()
+            .any(|c| c.id == sunshine && c.messages.iter().any(|m| m.text.as_deref() == Some(text)))
+    };
+    tokio::time::timeout(WAIT, async {
+        while !reached(sandbox) {
+            if requests.recv().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await
+    .map_err(|_| "the customer's message did not reach the agent within 30 s".to_string())?;
+    println!("   Alex sees in Agent Workspace: \"{text}\"");
+
+    println!("\n8. Alex ends the messaging session");
+    sandbox
+        .sim
+        .end_session(&sunshine)
+        .await
+        .map_err(sim_error)?;
+    print_event(&expect(&mut widget, &conv).await?);
     Ok(())
 }
 
@@ -183,7 +271,32 @@ fn print_event(e: &OutboundEvent) {
             )
         }
         OutboundPayload::EscalationFailed(f) => format!("failed: {}", f.reason),
-        other => format!("{other:?}"),
+        OutboundPayload::EscalationQueued(_) => "waiting for an agent".to_string(),
+        OutboundPayload::AgentJoined(j) => {
+            let ticket = j
+                .ticket
+                .as_ref()
+                .map(|t| format!(" (ticket {}, {})", t.id, t.url))
+                .unwrap_or_default();
+            format!("{} joined{ticket}", j.display_name)
+        }
+        OutboundPayload::AgentMessage(m) => format!(
+            "{}: \"{}\"",
+            m.display_name.as_deref().unwrap_or("the agent"),
+            m.text
+        ),
+        OutboundPayload::AgentTyping(t) => {
+            format!(
+                "the agent {} typing",
+                if t.typing { "is" } else { "stopped" }
+            )
+        }
+        OutboundPayload::AgentLeft(l) => {
+            format!("{} left", l.display_name.as_deref().unwrap_or("the agent"))
+        }
+        OutboundPayload::ConversationClosed(c) => {
+            format!("closed by the {:?}", c.closed_by).to_lowercase()
+        }
     };
     println!(
         "   widget hears: {} (seq {}) from {}: {what}",
