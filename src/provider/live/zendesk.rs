@@ -97,6 +97,27 @@ pub fn part_id(message_id: &str, n: usize) -> String {
     }
 }
 
+/// Whether a step was attempted (its answer may have been lost).
+async fn attempted(journal: &dyn HandoverJournal, attempt: &str) -> Result<bool, ProcessError> {
+    Ok(journal.get(attempt).await?.as_deref() == Some("1"))
+}
+
+/// A call that certainly did not land (a refusal, a connection that never
+/// opened) clears its attempt mark, so the retry skips the look-up. Best
+/// effort: a mark left behind costs only a look-up.
+async fn settle<T>(
+    journal: &dyn HandoverJournal,
+    attempt: &str,
+    result: Result<T, ProviderError>,
+) -> Result<T, ProviderError> {
+    if let Err(e) = &result {
+        if !e.may_have_landed() && journal.put(attempt, "0").await.is_err() {
+            tracing::debug!(step = attempt, "could not clear an attempt mark");
+        }
+    }
+    result
+}
+
 fn config_error(message: impl Into<String>) -> ProviderError {
     ProviderError::permanent(PROVIDER, ProviderErrorKind::Configuration, message)
 }
@@ -365,18 +386,18 @@ impl ZendeskLive {
         if let Some(id) = journal.get("conversation").await? {
             return Ok(id);
         }
-        if journal.get("attempt:conversation").await?.is_some() {
+        if attempted(journal, "attempt:conversation").await? {
             if let Some(id) = self.find_conversation(e, user_id).await? {
                 journal.put("conversation", &id).await?;
                 return Ok(id);
             }
         }
         journal.put("attempt:conversation", "1").await?;
-        let id = match self
+        let id = self
             .sunshine
             .create_conversation(&self.conversation_body(e, user_id))
-            .await
-        {
+            .await;
+        let id = match settle(journal, "attempt:conversation", id).await {
             Ok(id) => id,
             Err(err) if Self::may_be_multi_convo_refusal(&err) => {
                 // Without multiConvoEnabled a user's second personal
@@ -460,7 +481,7 @@ impl ZendeskLive {
             let step = format!("msg:{}", planned.id);
             let attempt = format!("attempt:{step}");
             let mut id = journal.get(&step).await?;
-            if id.is_none() && journal.get(&attempt).await?.is_some() {
+            if id.is_none() && attempted(journal, &attempt).await? {
                 if posted.is_none() {
                     posted = Some(
                         self.posted_messages(conversation_id, None, &HashSet::new())
@@ -476,10 +497,11 @@ impl ZendeskLive {
                 Some(id) => id,
                 None => {
                     journal.put(&attempt, "1").await?;
-                    let id = self
+                    let posted = self
                         .sunshine
                         .post_message(conversation_id, &planned.body)
-                        .await?;
+                        .await;
+                    let id = settle(journal, &attempt, posted).await?;
                     journal.put(&step, &id).await?;
                     id
                 }
@@ -508,7 +530,7 @@ impl ZendeskLive {
             return Ok(());
         }
         let body = self.pass_control_body(req, first_message_id)?;
-        if journal.get("attempt:pass_control").await?.is_some() {
+        if attempted(journal, "attempt:pass_control").await? {
             let c = self.sunshine.get_conversation(conversation_id).await?;
             if Self::agent_workspace_active(&c) {
                 journal.put("pass_control", "done").await?;
@@ -516,7 +538,8 @@ impl ZendeskLive {
             }
         }
         journal.put("attempt:pass_control", "1").await?;
-        self.sunshine.pass_control(conversation_id, &body).await?;
+        let passed = self.sunshine.pass_control(conversation_id, &body).await;
+        settle(journal, "attempt:pass_control", passed).await?;
         journal.put("pass_control", "done").await?;
         Ok(())
     }
