@@ -491,25 +491,26 @@ fn spec() -> Option<&'static Value> {
 fn openapi_to_json_schema(v: &mut Value) {
     match v {
         Value::Object(o) => {
-            if o.get("nullable") == Some(&Value::Bool(true)) {
-                if let Some(Value::String(t)) = o.get("type").cloned() {
-                    o.insert("type".into(), json!([t, "null"]));
-                }
+            if o.get("nullable") == Some(&Value::Bool(true))
+                && let Some(Value::String(t)) = o.get("type").cloned()
+            {
+                o.insert("type".into(), json!([t, "null"]));
             }
-            if let (Some(d), Some(_)) = (o.get("discriminator").cloned(), o.get("oneOf")) {
-                if let (Some(prop), Some(mapping)) =
-                    (d["propertyName"].as_str(), d["mapping"].as_object())
-                {
-                    let names: Vec<Value> = mapping.keys().map(|k| json!(k)).collect();
-                    let mut branches: Vec<Value> = mapping
+            if let (Some(d), Some(_), None) = (
+                o.get("discriminator").cloned(),
+                o.get("oneOf"),
+                o.get("allOf"),
+            ) && let (Some(prop), Some(mapping)) =
+                (d["propertyName"].as_str(), d["mapping"].as_object())
+            {
+                let names: Vec<Value> = mapping.keys().map(|k| json!(k)).collect();
+                let mut branches: Vec<Value> = mapping
                         .iter()
                         .map(|(k, r)| json!({"if": {"properties": {prop: {"const": k}}, "required": [prop]}, "then": {"$ref": r}}))
                         .collect();
-                    branches
-                        .push(json!({"required": [prop], "properties": {prop: {"enum": names}}}));
-                    o.remove("oneOf");
-                    o.insert("allOf".into(), Value::Array(branches));
-                }
+                branches.push(json!({"required": [prop], "properties": {prop: {"enum": names}}}));
+                o.remove("oneOf");
+                o.insert("allOf".into(), Value::Array(branches));
             }
             for (_, child) in o.iter_mut() {
                 openapi_to_json_schema(child);

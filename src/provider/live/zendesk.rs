@@ -78,8 +78,7 @@ pub fn split_text(text: &str, max: usize) -> Vec<String> {
             .char_indices()
             .filter(|(_, c)| c.is_whitespace())
             .map(|(i, c)| i + c.len_utf8())
-            .filter(|&i| i > 0 && i * 2 >= hard)
-            .last()
+            .rfind(|&i| i > 0 && i * 2 >= hard)
             .unwrap_or(hard);
         parts.push(rest[..cut].to_string());
         rest = &rest[cut..];
@@ -110,10 +109,11 @@ async fn settle<T>(
     attempt: &str,
     result: Result<T, ProviderError>,
 ) -> Result<T, ProviderError> {
-    if let Err(e) = &result {
-        if !e.may_have_landed() && journal.put(attempt, "0").await.is_err() {
-            tracing::debug!(step = attempt, "could not clear an attempt mark");
-        }
+    if let Err(e) = &result
+        && !e.may_have_landed()
+        && journal.put(attempt, "0").await.is_err()
+    {
+        tracing::debug!(step = attempt, "could not clear an attempt mark");
     }
     result
 }
@@ -386,11 +386,11 @@ impl ZendeskLive {
         if let Some(id) = journal.get("conversation").await? {
             return Ok(id);
         }
-        if attempted(journal, "attempt:conversation").await? {
-            if let Some(id) = self.find_conversation(e, user_id).await? {
-                journal.put("conversation", &id).await?;
-                return Ok(id);
-            }
+        if attempted(journal, "attempt:conversation").await?
+            && let Some(id) = self.find_conversation(e, user_id).await?
+        {
+            journal.put("conversation", &id).await?;
+            return Ok(id);
         }
         journal.put("attempt:conversation", "1").await?;
         let id = self
@@ -444,20 +444,20 @@ impl ZendeskLive {
                 .list_messages(conversation_id, before.as_deref())
                 .await?;
             for m in &page.messages {
-                if let Some(ours) = m.escalator_id() {
-                    if wanted.is_empty() || wanted.contains(ours) {
-                        found.insert(ours.to_string(), m.id.clone());
-                    }
+                if let Some(ours) = m.escalator_id()
+                    && (wanted.is_empty() || wanted.contains(ours))
+                {
+                    found.insert(ours.to_string(), m.id.clone());
                 }
             }
             if !wanted.is_empty() && wanted.iter().all(|w| found.contains_key(w)) {
                 break;
             }
             let oldest = page.messages.iter().filter_map(|m| m.received).min();
-            if let (Some(oldest), Some(limit)) = (oldest, not_before) {
-                if oldest < limit {
-                    break;
-                }
+            if let (Some(oldest), Some(limit)) = (oldest, not_before)
+                && oldest < limit
+            {
+                break;
             }
             match page.meta.before_cursor.filter(|_| page.meta.has_more) {
                 Some(b) => before = Some(b),
