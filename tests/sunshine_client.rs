@@ -79,6 +79,8 @@ struct World {
     agents: Value,
     agents_status: u16,
     next_id: u64,
+    /// Messages posted now are dated this many seconds in the past.
+    backdate_secs: i64,
 }
 
 type Shared = Arc<Mutex<World>>;
@@ -296,7 +298,8 @@ async fn handle(
             }
             let m = Msg {
                 id: fresh,
-                received: chrono::Utc::now().to_rfc3339(),
+                received: (chrono::Utc::now() - chrono::Duration::seconds(w.backdate_secs))
+                    .to_rfc3339(),
                 author: body["author"].clone(),
                 content: body["content"].clone(),
                 metadata: body["metadata"].clone(),
@@ -1182,4 +1185,37 @@ async fn errors_carry_codes_never_secrets_or_customer_data() {
     // The configuration and the provider never print their secrets.
     let debug = format!("{zendesk:?} {live:?}");
     assert!(!debug.contains(SECRET) && !debug.contains(API_TOKEN));
+}
+
+#[tokio::test]
+async fn the_message_scan_stops_before_the_first_attempt() {
+    let server = Server::start().await;
+    let (p, org) = client(&server, json!({}));
+    // An hour-old conversation: its first 101 messages predate the attempt.
+    server.w().backdate_secs = 3600;
+    let session = hand_over(&p, &org, &escalation(json!([])), &MemJournal::default())
+        .await
+        .unwrap();
+    let old = customer_message("old", "from before");
+    p.send_customer_message(&session, &old).await.unwrap();
+    for i in 0..100 {
+        let m = customer_message(&format!("o{i}"), "older");
+        p.send_customer_message(&session, &m).await.unwrap();
+    }
+    server.w().backdate_secs = 0;
+    for i in 0..150 {
+        let m = customer_message(&format!("n{i}"), "newer");
+        p.send_customer_message(&session, &m).await.unwrap();
+    }
+    let since = chrono::Utc::now() - chrono::Duration::seconds(30);
+    let before = server.requests().len();
+    assert!(
+        !p.has_customer_message(&session, &old, since).await.unwrap(),
+        "a message from before the first attempt is not looked for"
+    );
+    assert_eq!(
+        server.requests().len() - before,
+        2,
+        "the newest page, then the page that reaches past the first attempt"
+    );
 }
