@@ -9,6 +9,8 @@
 //! [`HandoverJournal`] (Redis, per conversation) before the next step, and
 //! marks a step as attempted before its call, so that a resumed hand-over
 //! looks up (instead of repeating) a step whose answer was lost.
+pub mod availability;
+pub mod sunshine;
 pub mod zendesk;
 
 use crate::config::OrgConfig;
