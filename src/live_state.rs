@@ -70,6 +70,8 @@ pub enum AgentSignal {
     },
     Unassigned {
         at: Option<DateTime<Utc>>,
+        /// Who was unassigned, when the provider says.
+        previous: Option<String>,
     },
     Typing(bool),
     Closed(ClosedBy),
@@ -160,8 +162,14 @@ impl LiveState {
                 }));
                 return events;
             }
-            AgentSignal::Unassigned { at } => {
-                if stale(&at, &self.assignment_at) {
+            AgentSignal::Unassigned { at, previous } => {
+                // About an agent who no longer has it (a transfer delivered
+                // newest first, in the same millisecond): nothing to undo.
+                let someone_else = matches!(
+                    (&previous, &self.agent),
+                    (Some(p), Some(a)) if *p != a.id
+                );
+                if stale(&at, &self.assignment_at) || someone_else {
                     return Vec::new();
                 }
                 // Kept even when nobody is assigned: a join older than this
@@ -285,7 +293,10 @@ mod tests {
             agent: alex(),
             at: at(0),
         });
-        let left = s.apply(AgentSignal::Unassigned { at: at(5) });
+        let left = s.apply(AgentSignal::Unassigned {
+            at: at(5),
+            previous: None,
+        });
         assert_eq!(left.len(), 1);
         assert!(
             s.apply(AgentSignal::Assigned {
@@ -300,7 +311,13 @@ mod tests {
     #[test]
     fn a_leave_that_overtook_its_join_keeps_the_late_join_out() {
         let mut s = state();
-        assert!(s.apply(AgentSignal::Unassigned { at: at(5) }).is_empty());
+        assert!(
+            s.apply(AgentSignal::Unassigned {
+                at: at(5),
+                previous: None
+            })
+            .is_empty()
+        );
         assert!(
             s.apply(AgentSignal::Assigned {
                 agent: alex(),
@@ -310,6 +327,34 @@ mod tests {
         );
         assert_eq!(s.phase, LivePhase::Queued);
         assert!(s.agent.is_none());
+    }
+
+    #[test]
+    fn an_unassignment_of_the_previous_agent_does_not_remove_the_new_one() {
+        let mut s = state();
+        s.apply(AgentSignal::Assigned {
+            agent: alex(),
+            at: at(1),
+        });
+        let sam = AgentRef {
+            id: "9002".into(),
+            display_name: "Sam".into(),
+        };
+        // Sam's assignment and Alex's unassignment, same time, newest first.
+        assert_eq!(
+            s.apply(AgentSignal::Assigned {
+                agent: sam.clone(),
+                at: at(2)
+            })
+            .len(),
+            2
+        );
+        let late = s.apply(AgentSignal::Unassigned {
+            at: at(2),
+            previous: Some("9001".into()),
+        });
+        assert!(late.is_empty(), "{late:?}");
+        assert_eq!(s.agent.as_ref(), Some(&sam));
     }
 
     #[test]

@@ -329,16 +329,22 @@ async fn signal_of(
         }),
         // The customer's own messages (our relays), system and trigger lines.
         EventKind::MessageAdded { .. } => None,
-        EventKind::AssignmentChanged { current: Some(id) } => Some(AgentSignal::Assigned {
+        EventKind::AssignmentChanged {
+            current: Some(id), ..
+        } => Some(AgentSignal::Assigned {
             agent: AgentRef {
                 id: id.clone(),
                 display_name: agent_name(ctx, rec, provider, id).await?,
             },
             at: event.time,
         }),
-        EventKind::AssignmentChanged { current: None } => {
-            Some(AgentSignal::Unassigned { at: event.time })
-        }
+        EventKind::AssignmentChanged {
+            current: None,
+            previous,
+        } => Some(AgentSignal::Unassigned {
+            at: event.time,
+            previous: previous.clone(),
+        }),
         EventKind::StatusChanged { current } if current == "SOLVED" || current == "CLOSED" => {
             Some(AgentSignal::Closed(ClosedBy::Agent))
         }

@@ -61,7 +61,7 @@ impl Sequence {
 }
 
 fn now() -> String {
-    Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true)
+    Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
 fn id_string(id: Option<u64>) -> Value {

@@ -53,6 +53,8 @@ pub enum EventKind {
     AssignmentChanged {
         /// The assigned agent's user id; `None` when unassigned.
         current: Option<String>,
+        /// The agent assigned before, when Zendesk says.
+        previous: Option<String>,
     },
     StatusChanged {
         /// Upper case (`SOLVED`, `CLOSED`, ...).
@@ -174,6 +176,7 @@ fn event(v: &Value) -> Option<ZendeskEvent> {
         }
         ASSIGNMENT_CHANGED => EventKind::AssignmentChanged {
             current: id_of(field(ev, "current")),
+            previous: id_of(field(ev, "previous")),
         },
         STATUS_CHANGED => EventKind::StatusChanged {
             current: str_of(field(ev, "current"))
@@ -247,7 +250,13 @@ mod tests {
         let evs = events(&body);
         assert_eq!(evs.len(), 3);
         assert_eq!(evs[0].tags, vec!["x", "esc_1"]);
-        assert_eq!(evs[0].kind, EventKind::AssignmentChanged { current: None });
+        assert_eq!(
+            evs[0].kind,
+            EventKind::AssignmentChanged {
+                current: None,
+                previous: Some("9".into())
+            }
+        );
         assert_eq!(
             evs[1].kind,
             EventKind::StatusChanged {

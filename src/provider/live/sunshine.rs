@@ -353,22 +353,6 @@ impl SunshineClient {
             .json(body);
         self.send(rb, "sunshine pass control").await.map(drop)
     }
-
-    /// `POST /conversations/{id}/activity`.
-    pub async fn post_activity(
-        &self,
-        conversation_id: &str,
-        body: &Value,
-    ) -> Result<(), ProviderError> {
-        let rb = self
-            .http
-            .post(self.url(&format!(
-                "/conversations/{}/activity",
-                segment(conversation_id)
-            )))
-            .json(body);
-        self.send(rb, "sunshine activity").await.map(drop)
-    }
 }
 
 trait ClassifyName {

@@ -727,14 +727,13 @@ impl LiveChatProvider for ZendeskLive {
         Ok(wanted.iter().all(|w| found.contains_key(w)))
     }
 
-    async fn typing(&self, session: &LiveSession, typing: bool) -> Result<(), ProviderError> {
-        let body = json!({
-            "author": { "type": "user", "userId": session.user_id },
-            "type": if typing { "typing:start" } else { "typing:stop" },
-        });
-        self.sunshine
-            .post_activity(&session.conversation_id, &body)
-            .await
+    /// Not relayed: the Conversations API accepts only `conversation:read`
+    /// activity from a user author ("If the author type is `user`, only
+    /// `conversation:read` is supported"), so a customer's `typing:start`
+    /// would be refused with a 400 on every keystroke. `customer.typing` is
+    /// optional in the contract.
+    async fn typing(&self, _session: &LiveSession, _typing: bool) -> Result<(), ProviderError> {
+        Ok(())
     }
 
     async fn customer_left(&self, session: &LiveSession, text: &str) -> Result<(), ProviderError> {
