@@ -148,8 +148,8 @@ async fn scenario(sandbox: &Sandbox) -> Result<(), String> {
     live_chat(sandbox, &run).await
 }
 
-/// 3. Zendesk live chat: hand-over, the agent joins and replies, the
-/// customer answers, the agent ends the session.
+/// Zendesk live chat: hand-over, the agent joins and replies, the customer
+/// answers, the agent ends the session.
 async fn live_chat(sandbox: &Sandbox, run: &str) -> Result<(), String> {
     let conv = format!("demo-{run}-live");
     let mut widget = sandbox.listen(&format!("{ZENDESK_ORG}.#")).await?;
