@@ -88,6 +88,29 @@ fn assert_seqs_increase(events: &[OutboundEvent]) {
     }
 }
 
+/// Every request body the worker sent to Sunshine (as the simulator
+/// recorded it) validates against the official spec.
+fn assert_sunshine_requests_match_the_spec(sim: &SimHandle) {
+    if openapi::spec().is_none() {
+        return;
+    }
+    let mut validators = std::collections::HashMap::new();
+    let mut checked = 0;
+    for r in sim.requests() {
+        if r.method == "GET" || !r.path.starts_with("/sc/") {
+            continue;
+        }
+        let op = openapi::operation(&r.method, &r.path)
+            .unwrap_or_else(|| panic!("unexpected Sunshine call {} {}", r.method, r.path));
+        let body: Value = serde_json::from_str(&r.body).unwrap();
+        let errors = openapi::request_errors(&mut validators, op, &body);
+        assert!(errors.is_empty(), "{} {}: {errors:?}", r.method, r.path);
+        checked += 1;
+    }
+    // User, conversation, header + two transcript lines, passControl, the customer's message.
+    assert!(checked >= 6, "only {checked} Sunshine bodies checked");
+}
+
 fn all_ok(statuses: &[u16]) {
     assert!(
         !statuses.is_empty() && statuses.iter().all(|s| (200..300).contains(s)),
@@ -236,6 +259,7 @@ async fn the_whole_live_flow_reaches_the_widget_in_order() {
     events.push(closed);
     assert_seqs_increase(&events);
     assert_eq!(events[0].seq, 1);
+    assert_sunshine_requests_match_the_spec(&sb.sim);
 
     // After the end nothing more is relayed, either way.
     sb.publish(

@@ -5,6 +5,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+#[path = "common/openapi.rs"]
+mod openapi;
+
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -976,56 +979,9 @@ async fn schedules_availability_and_action_errors() {
     assert!(sim.zendesk_agents().iter().all(|a| !a.online));
 }
 
-/// The Sunshine spec as one JSON document whose OpenAPI 3.0 `nullable` is
-/// turned into JSON Schema (`type: [T, "null"]`, or `anyOf` with null).
-fn load_spec() -> Option<Value> {
-    let candidates = [
-        std::env::var("SUNSHINE_SPEC").ok(),
-        Some("../shared/specs/sunshine-conversations-openapi.yaml".to_owned()),
-        Some("../../shared/specs/sunshine-conversations-openapi.yaml".to_owned()),
-    ];
-    let path = candidates
-        .into_iter()
-        .flatten()
-        .find(|p| std::path::Path::new(p).exists());
-    let Some(path) = path else {
-        eprintln!("skipped: the Sunshine OpenAPI spec is not present (set SUNSHINE_SPEC)");
-        return None;
-    };
-    let text = std::fs::read_to_string(path).unwrap();
-    let mut spec: Value = serde_yaml_ng::from_str(&text).unwrap();
-    fn openapi_to_json_schema(v: &mut Value) {
-        match v {
-            Value::Object(map) => {
-                for child in map.values_mut() {
-                    openapi_to_json_schema(child);
-                }
-                if map.remove("nullable") == Some(Value::Bool(true)) {
-                    if let Some(Value::String(t)) = map.get("type").cloned() {
-                        map.insert("type".to_owned(), json!([t, "null"]));
-                        if let Some(Value::Array(e)) = map.get_mut("enum") {
-                            e.push(Value::Null);
-                        }
-                    } else {
-                        let inner = Value::Object(std::mem::take(map));
-                        map.insert("anyOf".to_owned(), json!([{"type": "null"}, inner]));
-                    }
-                }
-            }
-            Value::Array(items) => items.iter_mut().for_each(openapi_to_json_schema),
-            _ => {}
-        }
-    }
-    openapi_to_json_schema(&mut spec);
-    Some(spec)
-}
-
 /// Validates `instance` against `#/components/schemas/<name>` of the spec.
-fn assert_matches_spec(spec: &Value, name: &str, instance: &Value) {
-    let mut root = json!({"components": spec["components"].clone()});
-    root["$ref"] = json!(format!("#/components/schemas/{name}"));
-    let validator = jsonschema::validator_for(&root).unwrap();
-    let errors: Vec<String> = validator
+fn assert_matches_spec(name: &str, instance: &Value) {
+    let errors: Vec<String> = openapi::component_validator(name)
         .iter_errors(instance)
         .map(|e| format!("{} at {}", e, e.instance_path()))
         .collect();
@@ -1034,12 +990,11 @@ fn assert_matches_spec(spec: &Value, name: &str, instance: &Value) {
 
 #[tokio::test]
 async fn sunshine_answers_match_the_official_spec() {
-    let Some(spec) = load_spec() else {
+    if openapi::spec().is_none() {
         return;
-    };
+    }
     // The check itself can fail: a wrong type is caught through the $refs.
-    let root = json!({"components": spec["components"].clone(), "$ref": "#/components/schemas/messageListResponse"});
-    let validator = jsonschema::validator_for(&root).unwrap();
+    let validator = openapi::component_validator("messageListResponse");
     assert!(!validator.is_valid(&json!({"messages": [{"id": 5}]})));
     assert!(!validator.is_valid(&json!({"messages": [{"author": {"type": "robot"}}]})));
     assert!(validator.is_valid(&json!({"messages": [{"id": "5", "metadata": null}]})));
@@ -1051,24 +1006,24 @@ async fn sunshine_answers_match_the_official_spec() {
     )
     .await;
     assert_eq!(status, 201);
-    assert_matches_spec(&spec, "userResponse", &user);
+    assert_matches_spec("userResponse", &user);
     let user_id = user["user"]["id"].as_str().unwrap().to_owned();
     let (_, bare) = post(&client, sc(&sim, "users"), json!({})).await;
-    assert_matches_spec(&spec, "userResponse", &bare);
+    assert_matches_spec("userResponse", &bare);
     let (_, fetched) = get(&client, sc(&sim, "users/spec-1")).await;
-    assert_matches_spec(&spec, "userResponse", &fetched);
+    assert_matches_spec("userResponse", &fetched);
     let (_, conflict) = post(&client, sc(&sim, "users"), json!({"externalId": "spec-1"})).await;
-    assert_matches_spec(&spec, "errorResponse", &conflict);
+    assert_matches_spec("errorResponse", &conflict);
 
     let conv = create_conversation(&sim, &client, &user_id).await;
     let (_, one) = get(&client, sc(&sim, &format!("conversations/{conv}"))).await;
-    assert_matches_spec(&spec, "conversationResponse", &one);
+    assert_matches_spec("conversationResponse", &one);
     let (_, listed) = get(
         &client,
         sc(&sim, &format!("conversations?filter[userId]={user_id}")),
     )
     .await;
-    assert_matches_spec(&spec, "conversationListResponse", &listed);
+    assert_matches_spec("conversationListResponse", &listed);
 
     let (_, posted) = post_text(
         &sim,
@@ -1078,14 +1033,14 @@ async fn sunshine_answers_match_the_official_spec() {
         "hello",
     )
     .await;
-    assert_matches_spec(&spec, "messagePostResponse", &posted);
+    assert_matches_spec("messagePostResponse", &posted);
     let (_, business) = post(
         &client,
         sc(&sim, &format!("conversations/{conv}/messages")),
         json!({"author": {"type": "business", "displayName": "AI assistant"}, "content": {"type": "text", "text": "hi"}}),
     )
     .await;
-    assert_matches_spec(&spec, "messagePostResponse", &business);
+    assert_matches_spec("messagePostResponse", &business);
     let (status, _) = post(
         &client,
         sc(&sim, &format!("conversations/{conv}/passControl")),
@@ -1108,7 +1063,7 @@ async fn sunshine_answers_match_the_official_spec() {
     }
     let (_, page) = get(&client, sc(&sim, &format!("conversations/{conv}/messages"))).await;
     assert_eq!(page["messages"].as_array().unwrap().len(), 100);
-    assert_matches_spec(&spec, "messageListResponse", &page);
+    assert_matches_spec("messageListResponse", &page);
     let (_, after_pass) = get(&client, sc(&sim, &format!("conversations/{conv}"))).await;
-    assert_matches_spec(&spec, "conversationResponse", &after_pass);
+    assert_matches_spec("conversationResponse", &after_pass);
 }

@@ -18,7 +18,11 @@ use escalator::provider::live::{
 };
 use serde_json::{Value, json};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
+
+#[path = "common/openapi.rs"]
+mod openapi;
+use openapi::{operation, request_errors, request_validator, spec};
 
 const SECRET: &str = "sunshine-secret-canary";
 const API_TOKEN: &str = "zd-token-canary";
@@ -465,132 +469,25 @@ async fn hand_over(
 
 // ------------------------------------------------------------ spec checking
 
-/// The official spec as JSON, or why it is not there.
-fn spec() -> Option<&'static Value> {
-    static SPEC: OnceLock<Option<Value>> = OnceLock::new();
-    SPEC.get_or_init(|| {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-        let rel = "shared/specs/sunshine-conversations-openapi.yaml";
-        // `../shared` from a checkout at /work/main; `../../shared` from a worktree.
-        let found = [root.join("..").join(rel), root.join("../..").join(rel)]
-            .into_iter()
-            .find(|p| p.exists());
-        let Some(path) = found else {
-            eprintln!("skipping spec validation: {rel} not found beside the crate");
-            return None;
-        };
-        let text = std::fs::read_to_string(&path).unwrap();
-        let mut v: Value = serde_yaml_ng::from_str(&text).unwrap();
-        openapi_to_json_schema(&mut v);
-        Some(v)
-    })
-    .as_ref()
-}
-
-/// OpenAPI 3.0 keywords in JSON-Schema terms: `nullable: true` adds `null`
-/// to `type`; a `discriminator` with a mapping picks the `oneOf` branch by
-/// the discriminating property (instead of "exactly one branch matches",
-/// which loose branches would break). `example` is left: validators ignore it.
-fn openapi_to_json_schema(v: &mut Value) {
-    match v {
-        Value::Object(o) => {
-            if o.get("nullable") == Some(&Value::Bool(true))
-                && let Some(Value::String(t)) = o.get("type").cloned()
-            {
-                o.insert("type".into(), json!([t, "null"]));
-            }
-            if let (Some(d), Some(_), None) = (
-                o.get("discriminator").cloned(),
-                o.get("oneOf"),
-                o.get("allOf"),
-            ) && let (Some(prop), Some(mapping)) =
-                (d["propertyName"].as_str(), d["mapping"].as_object())
-            {
-                let names: Vec<Value> = mapping.keys().map(|k| json!(k)).collect();
-                let mut branches: Vec<Value> = mapping
-                        .iter()
-                        .map(|(k, r)| json!({"if": {"properties": {prop: {"const": k}}, "required": [prop]}, "then": {"$ref": r}}))
-                        .collect();
-                branches.push(json!({"required": [prop], "properties": {prop: {"enum": names}}}));
-                o.remove("oneOf");
-                o.insert("allOf".into(), Value::Array(branches));
-            }
-            for (_, child) in o.iter_mut() {
-                openapi_to_json_schema(child);
-            }
-        }
-        Value::Array(a) => a.iter_mut().for_each(openapi_to_json_schema),
-        _ => {}
-    }
-}
-
-/// The spec path template and method of a request we sent.
-fn operation(r: &Rec) -> Option<(&'static str, &'static str)> {
-    let segs: Vec<&str> = r.path.trim_matches('/').split('/').collect();
-    Some(match (r.method.as_str(), segs.as_slice()) {
-        ("POST", ["sc", "v2", "apps", _, "users"]) => ("/v2/apps/{appId}/users", "post"),
-        ("POST", ["sc", "v2", "apps", _, "conversations"]) => {
-            ("/v2/apps/{appId}/conversations", "post")
-        }
-        ("POST", ["sc", "v2", "apps", _, "conversations", _, "messages"]) => (
-            "/v2/apps/{appId}/conversations/{conversationId}/messages",
-            "post",
-        ),
-        ("POST", ["sc", "v2", "apps", _, "conversations", _, "passControl"]) => (
-            "/v2/apps/{appId}/conversations/{conversationId}/passControl",
-            "post",
-        ),
-        ("POST", ["sc", "v2", "apps", _, "conversations", _, "activity"]) => (
-            "/v2/apps/{appId}/conversations/{conversationId}/activity",
-            "post",
-        ),
-        _ => return None,
-    })
-}
-
-/// A validator whose root is the spec document: the operation's request
-/// schema is referenced from the root, so its `#/components/...` refs resolve.
-fn request_validator(path: &str, method: &str) -> jsonschema::Validator {
-    let spec = spec().unwrap();
-    let schema =
-        spec["paths"][path][method]["requestBody"]["content"]["application/json"]["schema"].clone();
-    assert!(
-        schema.is_object(),
-        "the spec has no JSON request body for {method} {path}"
-    );
-    let mut root = spec.clone();
-    root["x-escalator-request"] = schema;
-    root["$ref"] = json!("#/x-escalator-request");
-    jsonschema::options()
-        .with_draft(jsonschema::Draft::Draft7)
-        .should_validate_formats(true)
-        .build(&root)
-        .unwrap()
-}
-
 /// Every Sunshine request body sent validates against its operation's schema.
 fn assert_bodies_match_the_spec(server: &Server) {
     if spec().is_none() {
         return;
     }
-    let mut validators: HashMap<(&str, &str), jsonschema::Validator> = HashMap::new();
+    let mut validators = HashMap::new();
     let mut checked = 0;
     for r in server.requests() {
         if r.method == "GET" {
             continue;
         }
-        let (path, method) =
-            operation(&r).unwrap_or_else(|| panic!("unexpected call {} {}", r.method, r.path));
-        let v = validators
-            .entry((path, method))
-            .or_insert_with(|| request_validator(path, method));
-        let errors: Vec<String> = v
-            .iter_errors(&r.body)
-            .map(|e| format!("{e} at {}", e.instance_path()))
-            .collect();
+        let op = operation(&r.method, &r.path)
+            .unwrap_or_else(|| panic!("unexpected call {} {}", r.method, r.path));
+        let errors = request_errors(&mut validators, op, &r.body);
         assert!(
             errors.is_empty(),
-            "{method} {path} body {} violates the spec: {errors:?}",
+            "{} {} body {} violates the spec: {errors:?}",
+            op.1,
+            op.0,
             r.body
         );
         checked += 1;

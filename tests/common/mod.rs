@@ -2,6 +2,8 @@
 //! prefix, so tests run in parallel and leave nothing behind.
 #![allow(dead_code)]
 
+pub mod openapi;
+
 use escalator::amqp;
 use escalator::config::Config;
 use escalator::contract::{OutboundEvent, OutboundPayload};
