@@ -645,3 +645,85 @@ async fn the_customer_leaving_tells_the_agent_and_closes_the_chat() {
     sb.stop().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_after_pass_control_is_resumed_by_another_without_a_second_one() {
+    let env = TestEnv::new("live-kill").await;
+    env.declare_topology().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sim = env.sim().await;
+    let client = escalator::sandbox::Client::connect(&env.settings)
+        .await
+        .unwrap();
+    let mut widget = client.listen(&format!("{ORG}.#")).await.unwrap();
+    // Zendesk takes the hand-over, then its answer takes a minute: the
+    // worker is killed while it waits, before it records anything.
+    sim.inject(FaultRule {
+        method: Some("POST".into()),
+        path_prefix: "/sc/v2/apps/sim-app/conversations/".into(),
+        path_contains: Some("/passControl".into()),
+        times: Some(1),
+        latency_ms: Some(60_000),
+        after_effect: true,
+        ..FaultRule::default()
+    });
+    let short = [
+        ("ESCALATOR_HTTP_TIMEOUT_MS", "5000"),
+        ("ESCALATOR_LEASE_TTL_MS", "6000"),
+    ];
+    let config = sandbox_config(&sim.base_url());
+    let first = env.spawn_worker_env(&config, dir.path(), "first", &short);
+    let conv = "live-kill";
+    client
+        .publish(
+            "escalation.requested",
+            "live-kill-esc",
+            &live_escalation(conv),
+        )
+        .await
+        .unwrap();
+    until_sim(&sim, || {
+        conversations_of(&sim, conv)
+            .first()
+            .is_some_and(|c| c.pass_control_count == 1)
+    })
+    .await;
+    first.kill9().await;
+
+    let second = env.spawn_worker_env(&config, dir.path(), "second", &short);
+    let e = next_event(&mut widget, conv).await;
+    let c = created(&e);
+    assert_eq!(c.mode, Mode::Live, "{e:?}");
+    let queued = next_event(&mut widget, conv).await;
+    assert!(matches!(
+        queued.payload,
+        OutboundPayload::EscalationQueued(_)
+    ));
+    let convs = conversations_of(&sim, conv);
+    assert_eq!(convs.len(), 1, "one conversation");
+    assert_eq!(convs[0].pass_control_count, 1, "one passControl");
+    assert_eq!(convs[0].ticket_ids.len(), 1, "one ticket");
+    let users = sim
+        .sunshine_users()
+        .into_iter()
+        .filter(|u| u.external_id.as_deref() == Some("cust-live-kill"))
+        .count();
+    assert_eq!(users, 1, "one user");
+    let mut ids: Vec<String> = convs[0]
+        .messages
+        .iter()
+        .filter_map(|m| {
+            m.metadata["escalator_message_id"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect();
+    let all = ids.len();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), all, "one copy of the transcript");
+    second.terminate().await;
+    client.close().await;
+    sim.shutdown().await;
+    env.cleanup().await;
+}
