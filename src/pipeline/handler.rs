@@ -352,7 +352,11 @@ fn widget_failure(
                 FailureCode::ConfigurationError,
                 "this organisation is not set up for escalations; an administrator needs to check it.".to_string(),
             ),
-            Some(InboundKind::WebhookZendesk | InboundKind::WebhookSunshine) => (
+            Some(InboundKind::WebhookZendesk) => (
+                FailureCode::ProviderError,
+                "the update could not be read, or live chat is no longer set up for it.".to_string(),
+            ),
+            Some(InboundKind::WebhookSunshine) => (
                 FailureCode::NotSupported,
                 "this kind of update is not supported yet.".to_string(),
             ),
