@@ -18,7 +18,8 @@ Environment (every command):
                                (lapin, amq_protocol, redis, hyper, reqwest, h2, rustls, ...)
                                are capped at info even under RUST_LOG=trace, since they log
                                message bodies: name one (RUST_LOG=trace,lapin=trace) to lift it.
-  ESCALATOR_LOG_FORMAT         json for JSON log lines (default: human-readable).
+  ESCALATOR_LOG_FORMAT         json or text (default: JSON lines when stderr is not a terminal,
+                               human-readable on a terminal or with --pretty).
   OTEL_EXPORTER_OTLP_ENDPOINT  Export spans over OTLP/HTTP to this endpoint (and the other
                                standard OTEL_* variables configure the exporter).";
 
@@ -30,6 +31,10 @@ Environment (every command):
     after_help = ENVIRONMENT_HELP
 )]
 struct Cli {
+    /// Human-readable log lines even when stderr is not a terminal (the
+    /// default there is JSON lines).
+    #[arg(long, global = true)]
+    pretty: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -140,6 +145,7 @@ Environment:
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    escalator::telemetry::prefer_pretty(cli.pretty);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

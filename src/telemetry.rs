@@ -1,5 +1,7 @@
-//! Logs and traces. Logs: structured `tracing` output on stderr,
-//! human-readable by default, JSON with `ESCALATOR_LOG_FORMAT=json`; level from
+//! Logs and traces. Logs: structured `tracing` output on stderr: JSON lines
+//! when stderr is not a terminal (a container, a log shipper), human-readable
+//! on a terminal or with `--pretty`; `ESCALATOR_LOG_FORMAT=json|text` decides
+//! over both ([`LogFormat::choose`]). Level from
 //! `RUST_LOG` (default given by the command). Libraries are capped at `info`
 //! even when `RUST_LOG` asks for `debug` or `trace` everywhere: at those
 //! levels lapin logs every frame, bodies included (emails, transcripts), and
@@ -121,9 +123,41 @@ fn env_filter(default_level: &str) -> EnvFilter {
     })
 }
 
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+impl LogFormat {
+    /// `ESCALATOR_LOG_FORMAT` (`json` or `text`/`pretty`) when set, else
+    /// text with `--pretty` or on a terminal, else JSON.
+    pub fn choose(env: Option<&str>, pretty_flag: bool, stderr_is_terminal: bool) -> LogFormat {
+        match env.map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+            Some("json") => LogFormat::Json,
+            Some("text" | "pretty") => LogFormat::Text,
+            _ if pretty_flag || stderr_is_terminal => LogFormat::Text,
+            _ => LogFormat::Json,
+        }
+    }
+}
+
+static PRETTY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The command line asked for human-readable logs (`--pretty`).
+pub fn prefer_pretty(pretty: bool) {
+    PRETTY.store(pretty, std::sync::atomic::Ordering::Relaxed);
+}
+
 pub fn init(default_level: &str) -> Telemetry {
+    use std::io::IsTerminal;
     let filter = env_filter(default_level);
-    let json = std::env::var("ESCALATOR_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
+    let json = LogFormat::choose(
+        std::env::var("ESCALATOR_LOG_FORMAT").ok().as_deref(),
+        PRETTY.load(std::sync::atomic::Ordering::Relaxed),
+        std::io::stderr().is_terminal(),
+    ) == LogFormat::Json;
     let tracer_provider = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
         .ok()
         .filter(|v| !v.trim().is_empty())
@@ -171,6 +205,16 @@ pub fn init(default_level: &str) -> Telemetry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_off_a_terminal_text_on_one_and_the_variable_decides_over_both() {
+        assert_eq!(LogFormat::choose(None, false, false), LogFormat::Json);
+        assert_eq!(LogFormat::choose(None, false, true), LogFormat::Text);
+        assert_eq!(LogFormat::choose(None, true, false), LogFormat::Text);
+        assert_eq!(LogFormat::choose(Some("json"), true, true), LogFormat::Json);
+        assert_eq!(LogFormat::choose(Some("TEXT"), false, false), LogFormat::Text);
+        assert_eq!(LogFormat::choose(Some("odd"), false, false), LogFormat::Json);
+    }
 
     #[test]
     fn caps_libraries_only_when_everything_is_verbose() {

@@ -455,6 +455,9 @@ impl TestEnv {
                 s.shutdown_grace_ms.to_string(),
             ),
             ("RUST_LOG", "info".to_string()),
+            // The tests read the worker's log as text (off a terminal the
+            // default is JSON lines).
+            ("ESCALATOR_LOG_FORMAT", "text".to_string()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
