@@ -384,3 +384,32 @@ fn k8s_ingress_is_probed_and_routed_on_its_port() {
         "the public route must carry the webhook paths only"
     );
 }
+
+// ------------------------------------------------------------ definitions
+
+/// `deploy/rabbitmq/definitions.json` is what `escalator topology --print`
+/// prints for the default shape: regenerate it with
+/// `escalator topology --print --vhost / > deploy/rabbitmq/definitions.json`
+/// whenever the topology changes.
+#[test]
+fn rabbitmq_definitions_file_matches_the_topology_the_code_declares() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_escalator"))
+        .args(["topology", "--print", "--vhost", "/"])
+        .env_remove("ESCALATOR_SHARDS")
+        .env_remove("ESCALATOR_DELIVERY_LIMIT")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let file: serde_json::Value =
+        serde_json::from_str(&read("deploy/rabbitmq/definitions.json")).unwrap();
+    assert!(
+        printed == file,
+        "deploy/rabbitmq/definitions.json drifted from the code: regenerate it with \
+         `escalator topology --print --vhost / > deploy/rabbitmq/definitions.json`"
+    );
+    // It is a real definitions document: queues, exchanges, bindings.
+    for key in ["queues", "exchanges", "bindings"] {
+        assert!(file[key].as_array().is_some_and(|a| !a.is_empty()), "{key}");
+    }
+}
