@@ -27,4 +27,5 @@ pub mod sim;
 pub mod store;
 pub mod telemetry;
 pub mod topology;
+pub mod trace_context;
 pub mod webhook;

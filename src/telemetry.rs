@@ -212,8 +212,14 @@ mod tests {
         assert_eq!(LogFormat::choose(None, false, true), LogFormat::Text);
         assert_eq!(LogFormat::choose(None, true, false), LogFormat::Text);
         assert_eq!(LogFormat::choose(Some("json"), true, true), LogFormat::Json);
-        assert_eq!(LogFormat::choose(Some("TEXT"), false, false), LogFormat::Text);
-        assert_eq!(LogFormat::choose(Some("odd"), false, false), LogFormat::Json);
+        assert_eq!(
+            LogFormat::choose(Some("TEXT"), false, false),
+            LogFormat::Text
+        );
+        assert_eq!(
+            LogFormat::choose(Some("odd"), false, false),
+            LogFormat::Json
+        );
     }
 
     #[test]

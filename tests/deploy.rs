@@ -399,7 +399,11 @@ fn rabbitmq_definitions_file_matches_the_topology_the_code_declares() {
         .env_remove("ESCALATOR_DELIVERY_LIMIT")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let file: serde_json::Value =
         serde_json::from_str(&read("deploy/rabbitmq/definitions.json")).unwrap();

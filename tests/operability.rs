@@ -300,3 +300,111 @@ async fn the_harness_makes_and_removes_its_vhost_with_rabbitmqctl() {
     env.cleanup().await;
     assert!(!vhosts().contains(&vhost), "{vhost} left behind");
 }
+
+/// A producer's W3C `traceparent` reaches the provider request and the
+/// outbound event the message caused (issue 9, traces).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producers_traceparent_reaches_the_provider_and_the_outbound_event() {
+    use futures_util::StreamExt;
+    use lapin::options::{
+        BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions,
+    };
+    use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+    const TRACE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    let env = TestEnv::new("traceparent").await;
+    let sb = env.sandbox().await;
+    let org = escalator::sandbox::ZENDESK_ORG;
+    // A raw consumer of the outbound exchange, to see the event's headers.
+    let conn = escalator::amqp::connect(&env.settings.amqp_url, "test-trace")
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let q = ch
+        .queue_declare(
+            ShortString::from(""),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    ch.queue_bind(
+        q.name().clone(),
+        ShortString::from(escalator::topology::OUTBOUND_EXCHANGE),
+        ShortString::from(format!("{org}.#")),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let mut outbound = ch
+        .basic_consume(
+            q.name().clone(),
+            ShortString::from(""),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+
+    let publisher = escalator::amqp::Publisher::open(&conn).await.unwrap();
+    let mut headers = FieldTable::default();
+    headers.insert(
+        ShortString::from("traceparent"),
+        AMQPValue::LongString(LongString::from(TRACE.as_bytes().to_vec())),
+    );
+    let props = escalator::amqp::json_properties()
+        .with_message_id(ShortString::from("trace-1"))
+        .with_headers(headers);
+    let body = serde_json::to_vec(&escalation(org, "conv-trace")).unwrap();
+    publisher
+        .publish(
+            escalator::topology::INBOUND_EXCHANGE,
+            "escalation.requested",
+            &body,
+            props,
+        )
+        .await
+        .unwrap();
+
+    let delivery = tokio::time::timeout(WAIT, outbound.next())
+        .await
+        .expect("an outbound event")
+        .unwrap()
+        .unwrap();
+    delivery
+        .acker
+        .ack(BasicAckOptions::default())
+        .await
+        .unwrap();
+    let header = delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get("traceparent").cloned());
+    assert!(
+        matches!(&header, Some(AMQPValue::LongString(s)) if s.as_bytes() == TRACE.as_bytes()),
+        "outbound event headers: {header:?}"
+    );
+    let create = sb
+        .sim
+        .requests()
+        .into_iter()
+        .find(|r| r.method == "POST" && r.path.starts_with("/api/v2/tickets"))
+        .expect("the ticket request");
+    assert!(
+        create
+            .headers
+            .iter()
+            .any(|(n, v)| n == "traceparent" && v == TRACE),
+        "provider request headers: {:?}",
+        create.headers
+    );
+    let _ = conn.close(200, ShortString::from("bye")).await;
+    sb.stop().await;
+    env.cleanup().await;
+}

@@ -154,6 +154,13 @@ async fn accept(state: &AppState, request: Request) -> Result<String, Rejection>
         .with_message_id(ShortString::from(message_id.clone()))
         .with_app_id(ShortString::from("escalator-ingress"))
         .with_timestamp(received_at.timestamp().max(0) as u64);
+    // A trace the sender started continues with the message.
+    let trace = parts
+        .headers
+        .get(crate::trace_context::TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::trace_context::TraceParent::parse);
+    let props = crate::trace_context::with_trace(props, trace.as_ref());
     match state.broker.publish(ROUTING_KEY, &bytes, props).await {
         Ok(()) => Ok(message_id),
         Err(e) => {

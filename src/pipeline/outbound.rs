@@ -36,7 +36,7 @@ pub async fn publish(
         };
         let body = serde_json::to_vec(&event)
             .map_err(|e| InfraError::Corrupt(format!("cannot serialize outbound event: {e}")))?;
-        let props = json_properties()
+        let props = crate::trace_context::onto_amqp(json_properties())
             .with_message_id(ShortString::from(event.event_id.to_string()))
             .with_type(ShortString::from(event_type))
             .with_timestamp(occurred_at.timestamp().max(0) as u64);

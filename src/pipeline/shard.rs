@@ -350,6 +350,7 @@ async fn process(
     lost: &CancellationToken,
 ) {
     let meta = Meta::read(&d.properties);
+    let trace = crate::trace_context::from_amqp(&d.properties);
     let acker = d.acker.clone();
     let provider = ctx
         .config
@@ -364,8 +365,9 @@ async fn process(
         routing_key = %meta.routing_key,
         message_id = %meta.dedupe_id,
         attempt = meta.attempts + 1,
+        trace_id = trace.as_ref().map(|t| t.trace_id().to_string()),
     );
-    async move {
+    let work = async move {
         let parsed = match InboundKind::from_routing_key(&meta.routing_key) {
             _ if meta.org_id.is_empty() || meta.conversation_id.is_empty() => {
                 // Only the intake router writes to the work exchange.
@@ -376,7 +378,13 @@ async fn process(
             _ if meta.rejection.is_some() => Err(meta.rejection.clone().unwrap_or_default()),
             None => Err(format!("unknown routing key `{}`", meta.routing_key)),
             Some(kind) => InboundEvent::parse(kind, &d.data).map_err(|e| {
-                format!("{} matches its schema but cannot be read: {:?} error at line {}, column {}", meta.routing_key, e.classify(), e.line(), e.column())
+                format!(
+                    "{} matches its schema but cannot be read: {:?} error at line {}, column {}",
+                    meta.routing_key,
+                    e.classify(),
+                    e.line(),
+                    e.column()
+                )
             }),
         };
         let event = match parsed {
@@ -464,9 +472,8 @@ async fn process(
                 }
             }
         }
-    }
-    .instrument(span)
-    .await
+    };
+    crate::trace_context::scope(trace, work.instrument(span)).await
 }
 
 /// Wait `wait` before trying a message again after an infrastructure error

@@ -57,6 +57,11 @@ pub async fn execute(
     provider: &'static str,
     op: &str,
 ) -> Result<(reqwest::Response, reqwest::Method), ProviderError> {
+    // The trace of the message being handled continues at the provider.
+    let rb = match crate::trace_context::current() {
+        Some(trace) => rb.header(crate::trace_context::TRACEPARENT, trace.as_str()),
+        None => rb,
+    };
     let req = rb.build().map_err(|_| {
         ProviderError::permanent(
             provider,
