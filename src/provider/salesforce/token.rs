@@ -275,6 +275,7 @@ impl TokenSource {
 
     async fn fetch_and_store(&self) -> Result<AccessToken, ProviderError> {
         let stored = self.fetch().await?;
+        crate::observability::metrics::token_refresh(&self.org_id);
         let json = serde_json::to_string(&stored).map_err(|e| {
             ProviderError::permanent(
                 PROVIDER,
