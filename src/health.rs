@@ -91,11 +91,7 @@ pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, String> {
 
 /// `GET /metrics` (shared with the ingress).
 pub async fn metrics_text() -> Response {
-    (
-        [(header::CONTENT_TYPE, PROMETHEUS_TEXT)],
-        metrics::render(),
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, PROMETHEUS_TEXT)], metrics::render()).into_response()
 }
 
 async fn healthz() -> Response {

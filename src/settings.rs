@@ -291,7 +291,9 @@ impl Settings {
         if v.is_empty() || v.eq_ignore_ascii_case("off") {
             return Ok(None);
         }
-        v.parse().map(Some).map_err(|_| format!("{METRICS_LISTEN_ENV}: `{v}` is not HOST:PORT"))
+        v.parse()
+            .map(Some)
+            .map_err(|_| format!("{METRICS_LISTEN_ENV}: `{v}` is not HOST:PORT"))
     }
 
     pub fn confirm_timeout(&self) -> Duration {

@@ -48,7 +48,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(GUIDE_WEBHOOK_PATH, post(webhook))
         .route(HEALTH_PATH, get(healthz))
         .route(READY_PATH, get(readyz))
-        .route(crate::health::METRICS_PATH, get(crate::health::metrics_text))
+        .route(
+            crate::health::METRICS_PATH,
+            get(crate::health::metrics_text),
+        )
         .fallback(not_found)
         .with_state(state)
 }
@@ -92,7 +95,9 @@ async fn webhook(State(state): State<Arc<AppState>>, request: Request) -> Respon
         let started = tokio::time::Instant::now();
         let result = accept(&state, request).await;
         let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
-        let status = result.as_ref().map_or_else(|r| r.status().as_u16(), |_| 200);
+        let status = result
+            .as_ref()
+            .map_or_else(|r| r.status().as_u16(), |_| 200);
         crate::observability::metrics::ingress_request(status, started.into_std());
         match result {
             Ok(message_id) => {

@@ -102,7 +102,7 @@ pub async fn zendesk(
             }
             None => {
                 counters.ignored.fetch_add(1, Ordering::Relaxed);
-            metrics::webhook_event("ignored");
+                metrics::webhook_event("ignored");
                 tracing::debug!(
                     event = ev.kind.name(),
                     "webhook event of a ticket that is not ours: ignored"
@@ -113,7 +113,7 @@ pub async fn zendesk(
     let unparsed = evs.is_empty();
     if unparsed {
         counters.ignored.fetch_add(1, Ordering::Relaxed);
-            metrics::webhook_event("ignored");
+        metrics::webhook_event("ignored");
         tracing::debug!("webhook body carries no event this version knows: ignored");
     }
     Ok(out)

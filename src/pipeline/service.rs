@@ -105,12 +105,24 @@ impl Worker {
         &self,
         stop: CancellationToken,
     ) -> Result<Option<std::net::SocketAddr>, StartError> {
-        let Some(addr) = self.ctx.settings.metrics_listen().map_err(StartError::Setup)? else {
+        let Some(addr) = self
+            .ctx
+            .settings
+            .metrics_listen()
+            .map_err(StartError::Setup)?
+        else {
             return Ok(None);
         };
         let listener = crate::health::bind(addr).await.map_err(StartError::Setup)?;
-        let bound = listener.local_addr().map_err(|e| StartError::Setup(e.to_string()))?;
-        crate::health::spawn(listener, self.ctx.store.clone(), self.readiness.clone(), stop);
+        let bound = listener
+            .local_addr()
+            .map_err(|e| StartError::Setup(e.to_string()))?;
+        crate::health::spawn(
+            listener,
+            self.ctx.store.clone(),
+            self.readiness.clone(),
+            stop,
+        );
         tracing::info!(addr = %bound, "serving /metrics, /healthz and /readyz");
         Ok(Some(bound))
     }

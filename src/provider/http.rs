@@ -68,7 +68,12 @@ pub async fn execute(
     let method = req.method().clone();
     let started = std::time::Instant::now();
     let sent = http.execute(req).await;
-    metrics::provider_request(provider, op, sent.as_ref().ok().map(|r| r.status().as_u16()), started);
+    metrics::provider_request(
+        provider,
+        op,
+        sent.as_ref().ok().map(|r| r.status().as_u16()),
+        started,
+    );
     let resp = sent.map_err(|e| settled_for(&method, transport_error(provider, &e)))?;
     Ok((resp, method))
 }
