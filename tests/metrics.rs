@@ -8,7 +8,7 @@ mod common;
 
 use common::{PrivateRedis, TestEnv, WAIT, created, escalation, next_event};
 use escalator::ingress::auth::ORG_HEADER;
-use escalator::sandbox::{SANDBOX_WEBHOOK_TOKEN, Sandbox, ZENDESK_ORG};
+use escalator::sandbox::{SALESFORCE_ORG, SANDBOX_WEBHOOK_TOKEN, Sandbox, ZENDESK_ORG};
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -301,6 +301,53 @@ async fn ingress_metrics_count_a_webhook_and_the_worker_counts_its_event() {
     let after = scrape(&base).await;
     assert!(value(&after, "escalator_ingress_requests_total", &refused) > refused_before);
 
+    sandbox.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn salesforce_token_refreshes_and_api_usage_are_reported_per_org() {
+    let env = TestEnv::new("metrics-salesforce").await;
+    let sandbox = env.sandbox().await;
+    let stop = CancellationToken::new();
+    let base = serve(&sandbox, &stop).await;
+    let org = [("org", SALESFORCE_ORG)];
+    let before = scrape(&base).await;
+    let refreshes_before = value(&before, "escalator_salesforce_token_refreshes_total", &org);
+
+    let mut listener = sandbox
+        .listen(&format!("{SALESFORCE_ORG}.#"))
+        .await
+        .unwrap();
+    sandbox
+        .publish(
+            "escalation.requested",
+            "m-metrics-sf",
+            &escalation(SALESFORCE_ORG, "conv-metrics-sf"),
+        )
+        .await
+        .unwrap();
+    created(&next_event(&mut listener, "conv-metrics-sf").await);
+
+    // This test's key prefix has no cached token: the case needed a fetch.
+    let after = until_above(
+        &base,
+        "escalator_salesforce_token_refreshes_total",
+        &org,
+        refreshes_before,
+    )
+    .await;
+    let usage = value(&after, "escalator_salesforce_api_usage_ratio", &org);
+    assert!(usage > 0.0 && usage <= 1.0, "api usage ratio {usage}");
+    assert!(
+        value(
+            &after,
+            "escalator_provider_requests_total",
+            &[("provider", "salesforce"), ("operation", "token")]
+        ) >= 1.0
+    );
+
+    stop.cancel();
     sandbox.stop().await;
     env.cleanup().await;
 }

@@ -313,11 +313,10 @@ impl TokenSource {
             form.push(("client_secret", self.client_secret.expose()));
         }
         let started = Instant::now();
-        let resp = rb
-            .form(&form)
-            .send()
-            .await
-            .map_err(|e| transport_error(PROVIDER, &e))?;
+        let sent = rb.form(&form).send().await;
+        let answered = sent.as_ref().ok().map(|r| r.status().as_u16());
+        crate::observability::metrics::provider_request(PROVIDER, "token", answered, started);
+        let resp = sent.map_err(|e| transport_error(PROVIDER, &e))?;
         let status = resp.status().as_u16();
         let ra = retry_after(resp.headers());
         let body = resp
