@@ -352,6 +352,32 @@ async fn salesforce_token_refreshes_and_api_usage_are_reported_per_org() {
     env.cleanup().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unusable_message_counts_as_a_dead_letter_of_the_intake() {
+    let env = TestEnv::new("metrics-dead-letter").await;
+    let sandbox = env.sandbox().await;
+    let stop = CancellationToken::new();
+    let base = serve(&sandbox, &stop).await;
+    let labels = [("class", "invalid"), ("stage", "intake")];
+    let before = value(
+        &scrape(&base).await,
+        "escalator_dead_letters_total",
+        &labels,
+    );
+    let mut dead = env.dead_letters().await;
+
+    sandbox
+        .publish_raw("escalation.requested", Some("m-metrics-bad"), b"not json")
+        .await
+        .unwrap();
+    dead.next().await;
+    until_above(&base, "escalator_dead_letters_total", &labels, before).await;
+
+    stop.cancel();
+    sandbox.stop().await;
+    env.cleanup().await;
+}
+
 #[test]
 fn metrics_listen_is_validated() {
     let mut s = escalator::settings::Settings::defaults();
