@@ -137,7 +137,10 @@ impl PendingConfirm {
             })?;
         match answer? {
             Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
-            Confirmation::Ack(Some(_)) => Err(InfraError::Unroutable(self.target)),
+            Confirmation::Ack(Some(_)) => {
+                crate::observability::metrics::outbound_returned();
+                Err(InfraError::Unroutable(self.target))
+            }
             Confirmation::Nack(_) => Err(InfraError::PublishNacked(self.target)),
         }
     }

@@ -10,9 +10,11 @@ pub mod demo;
 pub mod deployment;
 pub mod error;
 pub mod explain;
+pub mod health;
 pub mod ingress;
 pub mod live_index;
 pub mod live_state;
+pub mod observability;
 pub mod pipeline;
 pub mod provider;
 #[cfg(feature = "tooling")]

@@ -174,6 +174,10 @@ async fn run(command: Command) -> Result<(), String> {
                 .await
                 .map_err(|e| e.to_string())?;
             let stop = shutdown_signal();
+            worker
+                .serve_health(stop.clone())
+                .await
+                .map_err(|e| e.to_string())?;
             worker.run(stop).await;
             Ok(())
         }

@@ -78,7 +78,16 @@ pub struct Settings {
     /// session is torn down and rebuilt.
     #[arg(long, env = "ESCALATOR_CONFIRM_TIMEOUT_MS", default_value_t = 15_000)]
     pub confirm_timeout_ms: u64,
+    /// Address of the worker's `/metrics`, `/healthz` and `/readyz`
+    /// (0.0.0.0:9464 in a container; `off` serves none).
+    #[arg(long, env = METRICS_LISTEN_ENV, default_value = DEFAULT_METRICS_LISTEN)]
+    pub metrics_listen: String,
 }
+
+/// Where the worker's metrics and probes listen by default (Prometheus
+/// exporters' customary port range).
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
+pub const METRICS_LISTEN_ENV: &str = "ESCALATOR_METRICS_LISTEN";
 
 /// Where RabbitMQ is: `topology`, `demo`, `bench`.
 #[derive(Debug, Clone, clap::Args)]
@@ -258,6 +267,9 @@ impl Settings {
         if self.confirm_timeout_ms == 0 {
             problems.push("ESCALATOR_CONFIRM_TIMEOUT_MS must be at least 1");
         }
+        if self.metrics_listen().is_err() {
+            problems.push("ESCALATOR_METRICS_LISTEN must be HOST:PORT (e.g. 0.0.0.0:9464) or off");
+        }
         if problems.is_empty() {
             Ok(())
         } else {
@@ -271,6 +283,17 @@ impl Settings {
             self.lease_ttl_ms
                 .unwrap_or(self.http_timeout_ms.saturating_add(5_000)),
         )
+    }
+
+    /// `ESCALATOR_METRICS_LISTEN` parsed: `None` when it is `off` (or empty).
+    pub fn metrics_listen(&self) -> Result<Option<std::net::SocketAddr>, String> {
+        let v = self.metrics_listen.trim();
+        if v.is_empty() || v.eq_ignore_ascii_case("off") {
+            return Ok(None);
+        }
+        v.parse()
+            .map(Some)
+            .map_err(|_| format!("{METRICS_LISTEN_ENV}: `{v}` is not HOST:PORT"))
     }
 
     pub fn confirm_timeout(&self) -> Duration {

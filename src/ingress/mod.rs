@@ -125,6 +125,7 @@ pub async fn start_with(
             crate::settings::redact_url(&options.amqp_url)
         ))
     })?;
+    crate::observability::metrics::install();
     let credentials = auth::Credentials::from_config(&config);
     let orgs = credentials.len();
     if credentials.is_empty() {

@@ -48,6 +48,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(GUIDE_WEBHOOK_PATH, post(webhook))
         .route(HEALTH_PATH, get(healthz))
         .route(READY_PATH, get(readyz))
+        .route(
+            crate::health::METRICS_PATH,
+            get(crate::health::metrics_text),
+        )
         .fallback(not_found)
         .with_state(state)
 }
@@ -91,6 +95,10 @@ async fn webhook(State(state): State<Arc<AppState>>, request: Request) -> Respon
         let started = tokio::time::Instant::now();
         let result = accept(&state, request).await;
         let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let status = result
+            .as_ref()
+            .map_or_else(|r| r.status().as_u16(), |_| 200);
+        crate::observability::metrics::ingress_request(status, started.into_std());
         match result {
             Ok(message_id) => {
                 tracing::info!(status = 200, elapsed_ms, %message_id, "webhook queued");

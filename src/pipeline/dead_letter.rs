@@ -19,14 +19,21 @@ pub struct Verdict {
 }
 
 /// A dead letter the broker has not confirmed yet.
-pub struct DeadLetterConfirm(PendingConfirm);
+pub struct DeadLetterConfirm {
+    confirm: PendingConfirm,
+    /// The verdict's class and stage, counted once the broker confirmed.
+    labels: (&'static str, &'static str),
+}
 
 impl DeadLetterConfirm {
     /// Wait for the broker. A nack means the dead-letter queue refused it:
     /// it is full (`x-overflow=reject-publish`). The caller keeps the original
     /// (not acked), so nothing is dropped; this says so loudly every time.
     pub async fn wait(self) -> Result<(), InfraError> {
-        let result = self.0.wait().await;
+        let result = self.confirm.wait().await;
+        if result.is_ok() {
+            crate::observability::metrics::dead_letter(self.labels.0, self.labels.1);
+        }
         if let Err(InfraError::PublishNacked(_)) = &result {
             tracing::error!(
                 queue = DEAD_LETTER_QUEUE,
@@ -75,5 +82,8 @@ pub async fn start(
     publisher
         .start(DEAD_LETTER_EXCHANGE, routing_key, body, props)
         .await
-        .map(DeadLetterConfirm)
+        .map(|confirm| DeadLetterConfirm {
+            confirm,
+            labels: (verdict.error_class, verdict.stage),
+        })
 }

@@ -38,6 +38,18 @@ pub enum Fate {
     DeadLettered,
 }
 
+impl Fate {
+    /// The `outcome` label of `escalator_messages_total`.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Fate::Done => "done",
+            Fate::Duplicate => "duplicate",
+            Fate::Parked => "parked",
+            Fate::DeadLettered => "dead_lettered",
+        }
+    }
+}
+
 /// Handle one item. `Err` means our infrastructure failed: nothing was
 /// decided, the caller must not ack and decides by [`InfraError::recovery`].
 ///
@@ -487,7 +499,9 @@ async fn retry_later(
         .with_expiration(ShortString::from(delay.to_string()));
     publisher
         .publish(RETRY_EXCHANGE, &item.shard_key, &item.body, props)
-        .await
+        .await?;
+    crate::observability::metrics::retry("worker");
+    Ok(())
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use super::Context;
 use crate::contract::{ProviderKind, Webhook};
 use crate::error::InfraError;
 use crate::live_index::{IdKind, LiveIndex};
+use crate::observability::metrics;
 use crate::webhook::zendesk::{EventKind, events};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -54,6 +55,7 @@ pub async fn zendesk(
         Some(body) => body,
         None => {
             counters.ignored.fetch_add(1, Ordering::Relaxed);
+            metrics::webhook_event("ignored");
             tracing::debug!("webhook body is not JSON: ignored");
             return Ok(Vec::new());
         }
@@ -91,6 +93,7 @@ pub async fn zendesk(
         match conversation {
             Some(conversation_id) => {
                 counters.resolved.fetch_add(1, Ordering::Relaxed);
+                metrics::webhook_event("resolved");
                 out.push(Resolved {
                     index: i as u32,
                     dedupe_id: format!("zendesk-event:{}", ev.id),
@@ -99,6 +102,7 @@ pub async fn zendesk(
             }
             None => {
                 counters.ignored.fetch_add(1, Ordering::Relaxed);
+                metrics::webhook_event("ignored");
                 tracing::debug!(
                     event = ev.kind.name(),
                     "webhook event of a ticket that is not ours: ignored"
@@ -109,6 +113,7 @@ pub async fn zendesk(
     let unparsed = evs.is_empty();
     if unparsed {
         counters.ignored.fetch_add(1, Ordering::Relaxed);
+        metrics::webhook_event("ignored");
         tracing::debug!("webhook body carries no event this version knows: ignored");
     }
     Ok(out)

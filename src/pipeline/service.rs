@@ -38,6 +38,8 @@ pub enum StartError {
 
 pub struct Worker {
     ctx: Arc<Context>,
+    /// What `/readyz` reports about the RabbitMQ session.
+    readiness: Arc<crate::health::Readiness>,
 }
 
 impl Worker {
@@ -45,6 +47,7 @@ impl Worker {
     /// once too, so that a wrong URL fails at start instead of looping.
     pub async fn start(settings: Settings, config: Config) -> Result<Worker, StartError> {
         settings.validate().map_err(StartError::Setup)?;
+        crate::observability::metrics::install();
         let store = Store::connect(
             &settings.redis_url,
             &settings.key_prefix,
@@ -90,7 +93,44 @@ impl Worker {
             lanes: Default::default(),
             webhooks: Default::default(),
         };
-        Ok(Worker { ctx: Arc::new(ctx) })
+        Ok(Worker {
+            ctx: Arc::new(ctx),
+            readiness: Default::default(),
+        })
+    }
+
+    /// Serve `/metrics`, `/healthz` and `/readyz` on `ESCALATOR_METRICS_LISTEN`
+    /// until `stop` (nothing when it is `off`); the bound address.
+    pub async fn serve_health(
+        &self,
+        stop: CancellationToken,
+    ) -> Result<Option<std::net::SocketAddr>, StartError> {
+        let Some(addr) = self
+            .ctx
+            .settings
+            .metrics_listen()
+            .map_err(StartError::Setup)?
+        else {
+            return Ok(None);
+        };
+        let listener = crate::health::bind(addr).await.map_err(StartError::Setup)?;
+        let bound = listener
+            .local_addr()
+            .map_err(|e| StartError::Setup(e.to_string()))?;
+        crate::health::spawn(
+            listener,
+            self.ctx.store.clone(),
+            self.readiness.clone(),
+            stop,
+        );
+        tracing::info!(addr = %bound, "serving /metrics, /healthz and /readyz");
+        Ok(Some(bound))
+    }
+
+    /// Whether a RabbitMQ session is up and consuming (what `/readyz` needs
+    /// besides Redis).
+    pub fn readiness(&self) -> &Arc<crate::health::Readiness> {
+        &self.readiness
     }
 
     pub fn context(&self) -> &Arc<Context> {
@@ -175,9 +215,10 @@ impl Worker {
         );
         tokio::pin!(intake);
         tokio::pin!(shards);
+        self.readiness.set_consuming(true);
         let result = tokio::select! {
-            r = &mut intake => { session.cancel(); let r2 = shards.await; r.and(r2) }
-            r = &mut shards => { session.cancel(); let r2 = intake.await; r.and(r2) }
+            r = &mut intake => { self.readiness.set_consuming(false); session.cancel(); let r2 = shards.await; r.and(r2) }
+            r = &mut shards => { self.readiness.set_consuming(false); session.cancel(); let r2 = intake.await; r.and(r2) }
         };
         membership::leave(&ctx.store, &ctx.instance_id, ctx.settings.shards).await;
         // The kept channels are dropped after this, with the connection closed.

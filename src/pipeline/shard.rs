@@ -19,6 +19,7 @@ use super::subscription::{Balance, Subscription, subscribe};
 use crate::amqp::{self, ChannelKeeper, Publisher};
 use crate::contract::{InboundEvent, InboundKind};
 use crate::error::{InfraError, Recovery};
+use crate::observability::metrics;
 use lapin::message::Delivery;
 use lapin::options::BasicAckOptions;
 use lapin::{Acker, Connection};
@@ -62,6 +63,7 @@ struct LiveLane(Arc<Context>);
 impl LiveLane {
     fn enter(ctx: &Arc<Context>) -> LiveLane {
         ctx.lanes.live.fetch_add(1, Ordering::AcqRel);
+        metrics::lanes(1.0);
         LiveLane(ctx.clone())
     }
 }
@@ -69,6 +71,7 @@ impl LiveLane {
 impl Drop for LiveLane {
     fn drop(&mut self) {
         self.0.lanes.live.fetch_sub(1, Ordering::AcqRel);
+        metrics::lanes(-1.0);
     }
 }
 
@@ -351,6 +354,7 @@ async fn process(
 ) {
     let meta = Meta::read(&d.properties);
     let trace = crate::trace_context::from_amqp(&d.properties);
+    let started = std::time::Instant::now();
     let acker = d.acker.clone();
     let provider = ctx
         .config
@@ -404,6 +408,7 @@ async fn process(
                     match rejection::reject(ctx, publisher, rejected).await {
                         Ok(()) => {
                             settle_ack(&acker).await;
+                            metrics::message(&meta.routing_key, "rejected", started);
                             return;
                         }
                         Err(e) if e.recovery() == Recovery::RebuildSession => {
@@ -434,6 +439,7 @@ async fn process(
                 Ok(fate) => {
                     tracing::info!(fate = ?fate, "message handled");
                     settle_ack(&acker).await;
+                    metrics::message(&item.meta.routing_key, fate.outcome(), started);
                     return;
                 }
                 Err(err) => err,
@@ -447,7 +453,10 @@ async fn process(
                 }
                 Recovery::DeadLetter => {
                     match handler::dead_letter_stuck(publisher, &item, &err).await {
-                        Ok(()) => settle_ack(&acker).await,
+                        Ok(()) => {
+                            settle_ack(&acker).await;
+                            metrics::message(&item.meta.routing_key, "dead_lettered", started);
+                        }
                         Err(e) if e.recovery() == Recovery::RebuildSession => {
                             tracing::warn!(error = %e, "cannot dead-letter (AMQP session broken): rebuilding the session");
                             lost.cancel();

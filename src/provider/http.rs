@@ -1,6 +1,7 @@
 //! HTTP plumbing shared by provider clients: one client, and the mapping of
 //! transport errors and status codes to [`ProviderError`]s.
 use crate::error::{ErrorClass, Landing, ProviderError, ProviderErrorKind};
+use crate::observability::metrics;
 use std::time::Duration;
 
 pub fn client(timeout: Duration) -> Result<reqwest::Client, String> {
@@ -70,10 +71,15 @@ pub async fn execute(
         )
     })?;
     let method = req.method().clone();
-    let resp = http
-        .execute(req)
-        .await
-        .map_err(|e| settled_for(&method, transport_error(provider, &e)))?;
+    let started = std::time::Instant::now();
+    let sent = http.execute(req).await;
+    metrics::provider_request(
+        provider,
+        op,
+        sent.as_ref().ok().map(|r| r.status().as_u16()),
+        started,
+    );
+    let resp = sent.map_err(|e| settled_for(&method, transport_error(provider, &e)))?;
     Ok((resp, method))
 }
 

@@ -98,6 +98,8 @@ impl TestEnv {
         settings.retry_delay_ms = 300;
         settings.broker_attempts = 3;
         settings.shutdown_grace_ms = 5_000;
+        // Any free port: several workers of a test run listen at once.
+        settings.metrics_listen = "127.0.0.1:0".to_string();
         TestEnv {
             name: name.to_string(),
             vhost,
@@ -454,6 +456,7 @@ impl TestEnv {
                 "ESCALATOR_SHUTDOWN_GRACE_MS",
                 s.shutdown_grace_ms.to_string(),
             ),
+            ("ESCALATOR_METRICS_LISTEN", s.metrics_listen.clone()),
             ("RUST_LOG", "info".to_string()),
             // The tests read the worker's log as text (off a terminal the
             // default is JSON lines).

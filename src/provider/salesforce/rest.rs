@@ -180,6 +180,9 @@ impl Rest {
             .get("sforce-limit-info")
             .and_then(|v| v.to_str().ok())
             .and_then(api_usage);
+        if let Some((used, max)) = usage {
+            crate::observability::metrics::api_usage(&self.org_id, used, max);
+        }
         let status = resp.status().as_u16();
         tracing::debug!(
             org_id = %self.org_id,

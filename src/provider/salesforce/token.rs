@@ -275,6 +275,7 @@ impl TokenSource {
 
     async fn fetch_and_store(&self) -> Result<AccessToken, ProviderError> {
         let stored = self.fetch().await?;
+        crate::observability::metrics::token_refresh(&self.org_id);
         let json = serde_json::to_string(&stored).map_err(|e| {
             ProviderError::permanent(
                 PROVIDER,
@@ -312,11 +313,10 @@ impl TokenSource {
             form.push(("client_secret", self.client_secret.expose()));
         }
         let started = Instant::now();
-        let resp = rb
-            .form(&form)
-            .send()
-            .await
-            .map_err(|e| transport_error(PROVIDER, &e))?;
+        let sent = rb.form(&form).send().await;
+        let answered = sent.as_ref().ok().map(|r| r.status().as_u16());
+        crate::observability::metrics::provider_request(PROVIDER, "token", answered, started);
+        let resp = sent.map_err(|e| transport_error(PROVIDER, &e))?;
         let status = resp.status().as_u16();
         let ra = retry_after(resp.headers());
         let body = resp
