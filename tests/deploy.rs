@@ -417,3 +417,92 @@ fn rabbitmq_definitions_file_matches_the_topology_the_code_declares() {
         assert!(file[key].as_array().is_some_and(|a| !a.is_empty()), "{key}");
     }
 }
+
+// ------------------------------------------------------------ observability
+
+/// The worker's probes hit the health paths the code serves, on the port its
+/// metrics listener is given; Prometheus (compose) scrapes that port on the
+/// worker service and the ingress on its webhook port; the collector
+/// forwards traces to the Jaeger service; services export spans to the
+/// collector's OTLP/HTTP port.
+#[test]
+fn probes_scrapes_and_trace_export_point_where_the_code_listens() {
+    use escalator::health::{HEALTH_PATH, METRICS_PATH, READY_PATH};
+    let docs = k8s_documents();
+    let worker = docs
+        .iter()
+        .map(|(_, d)| d)
+        .find(|d| {
+            d["kind"] == "Deployment"
+                && d["metadata"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.contains("worker"))
+        })
+        .expect("the worker Deployment");
+    let container = &worker["spec"]["template"]["spec"]["containers"][0];
+    let listen = container["env"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "ESCALATOR_METRICS_LISTEN")
+        .map(|e| str_of(&e["value"]))
+        .expect("the worker listens beyond loopback in a pod");
+    let port: u16 = listen.rsplit(':').next().unwrap().parse().unwrap();
+    assert_eq!(
+        container["ports"][0]["containerPort"].as_u64(),
+        Some(u64::from(port))
+    );
+    assert_eq!(
+        str_of(&container["livenessProbe"]["httpGet"]["path"]),
+        HEALTH_PATH
+    );
+    assert_eq!(
+        str_of(&container["readinessProbe"]["httpGet"]["path"]),
+        READY_PATH
+    );
+    let annotations = &worker["spec"]["template"]["metadata"]["annotations"];
+    assert_eq!(str_of(&annotations["prometheus.io/port"]), port.to_string());
+    assert_eq!(str_of(&annotations["prometheus.io/path"]), METRICS_PATH);
+
+    let compose = compose();
+    let services = &compose["services"];
+    let compose_listen = str_of(&services["worker"]["environment"]["ESCALATOR_METRICS_LISTEN"]);
+    assert!(compose_listen.starts_with("0.0.0.0:"), "{compose_listen}");
+    let compose_port: u64 = compose_listen.rsplit(':').next().unwrap().parse().unwrap();
+    let prometheus: Value =
+        serde_yaml_ng::from_str(&read("deploy/observability/prometheus.yml")).unwrap();
+    let jobs = prometheus["scrape_configs"].as_sequence().unwrap();
+    let worker_job = jobs
+        .iter()
+        .find(|j| j["job_name"] == "escalator-worker")
+        .unwrap();
+    let sd = &worker_job["dns_sd_configs"][0];
+    assert_eq!(str_of(&sd["names"][0]), "worker");
+    assert_eq!(sd["port"].as_u64(), Some(compose_port));
+    let ingress_job = jobs
+        .iter()
+        .find(|j| j["job_name"] == "escalator-ingress")
+        .unwrap();
+    let ingress_listen = str_of(&services["ingress"]["environment"]["ESCALATOR_INGRESS_LISTEN"]);
+    let ingress_port = ingress_listen.rsplit(':').next().unwrap();
+    assert_eq!(
+        str_of(&ingress_job["static_configs"][0]["targets"][0]),
+        format!("ingress:{ingress_port}")
+    );
+
+    let collector: Value =
+        serde_yaml_ng::from_str(&read("deploy/observability/otel-collector.yaml")).unwrap();
+    let http = str_of(&collector["receivers"]["otlp"]["protocols"]["http"]["endpoint"]);
+    let otlp_port = http.rsplit(':').next().unwrap().to_string();
+    let jaeger = str_of(&collector["exporters"]["otlp/jaeger"]["endpoint"]);
+    assert!(jaeger.starts_with("jaeger:"), "{jaeger}");
+    assert!(services["jaeger"].is_mapping());
+    for svc in ["worker", "ingress"] {
+        let endpoint = str_of(&services[svc]["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"]);
+        assert_eq!(
+            endpoint,
+            format!("http://otel-collector:{otlp_port}"),
+            "{svc}"
+        );
+    }
+}
