@@ -23,6 +23,7 @@ mod types;
 mod util;
 mod webhooks;
 mod zendesk;
+mod zendesk_admin;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -491,7 +492,19 @@ async fn process(shared: Arc<Shared>, req: Req) -> (SimResponse, bool) {
 fn dispatch(shared: &Shared, req: &Req) -> SimResponse {
     let mut st = shared.lock();
     if req.path == "/api/v2" || req.path.starts_with("/api/v2/") {
-        zendesk::handle(shared, &mut st.zd, req)
+        let rest = req.path.strip_prefix("/api/v2").unwrap_or_default();
+        let segs: Vec<&str> = rest
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .map(|s| s.strip_suffix(".json").unwrap_or(s))
+            .collect();
+        let admin = zendesk::authenticated(shared, req)
+            .then(|| zendesk_admin::handle(&st, req, &segs))
+            .flatten();
+        match admin {
+            Some(response) => response,
+            None => zendesk::handle(shared, &mut st.zd, req),
+        }
     } else if req.path.starts_with("/services/") {
         salesforce::handle(shared, &mut st.sf, req)
     } else if req.path.starts_with("/sc/") {

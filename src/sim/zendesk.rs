@@ -353,7 +353,7 @@ fn agent_availabilities(zd: &ZendeskState, req: &Req) -> SimResponse {
     )
 }
 
-fn authenticated(shared: &Shared, req: &Req) -> bool {
+pub(crate) fn authenticated(shared: &Shared, req: &Req) -> bool {
     let Some((user, token)) = basic_credentials(&req.headers) else {
         return false;
     };
