@@ -51,9 +51,10 @@ async fn grant(
     }
     let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
     match (v["access_token"].as_str(), v["instance_url"].as_str()) {
-        (Some(t), Some(i)) if !t.is_empty() => {
-            Ok((i.trim_end_matches('/').to_string(), Secret::new(t.to_string())))
-        }
+        (Some(t), Some(i)) if !t.is_empty() => Ok((
+            i.trim_end_matches('/').to_string(),
+            Secret::new(t.to_string()),
+        )),
         _ => Err((
             "the token endpoint answered without access_token / instance_url".to_string(),
             "check `my_domain`: it must be the org's My Domain host".to_string(),
@@ -98,22 +99,38 @@ pub(super) async fn check(http: &reqwest::Client, s: &SalesforceConfig, r: &mut 
     let wanted = s.api_version.trim_start_matches('v').to_string();
     match get(http, format!("{instance}/services/data/"), None).await {
         Ok((200, Value::Array(list))) => {
-            let known = list.iter().any(|v| v["version"].as_str() == Some(wanted.as_str()));
-            let newest = list.iter().filter_map(|v| v["version"].as_str()).next_back().unwrap_or("?");
+            let known = list
+                .iter()
+                .any(|v| v["version"].as_str() == Some(wanted.as_str()));
+            let newest = list
+                .iter()
+                .filter_map(|v| v["version"].as_str())
+                .next_back()
+                .unwrap_or("?");
             if known {
                 r.pass(VERSION, format!("{} is offered", s.api_version));
             } else {
                 r.fail(
                     VERSION,
-                    format!("{} is not offered by this org (newest: v{newest})", s.api_version),
+                    format!(
+                        "{} is not offered by this org (newest: v{newest})",
+                        s.api_version
+                    ),
                     format!("set `api_version` to one the org offers, e.g. \"v{newest}\""),
                 );
             }
         }
-        Ok((status, _)) => r.fail(VERSION, format!("GET /services/data/ answered HTTP {status}"), "check `my_domain`"),
+        Ok((status, _)) => r.fail(
+            VERSION,
+            format!("GET /services/data/ answered HTTP {status}"),
+            "check `my_domain`",
+        ),
         Err(e) => r.fail(VERSION, e, "retry later"),
     }
-    let describe = format!("{instance}/services/data/{}/sobjects/Case/describe", s.api_version);
+    let describe = format!(
+        "{instance}/services/data/{}/sobjects/Case/describe",
+        s.api_version
+    );
     match get(http, describe, Some(&token)).await {
         Ok((200, v)) => {
             if v["createable"].as_bool() == Some(true) {

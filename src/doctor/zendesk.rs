@@ -72,7 +72,13 @@ pub(super) async fn check(
     };
     let authed = match api.get("/api/v2/users/me").await {
         Ok((200, v)) if is_staff(&v["user"]) => {
-            r.pass(AUTH, format!("the token works, its user is an {}", v["user"]["role"].as_str().unwrap_or("agent")));
+            r.pass(
+                AUTH,
+                format!(
+                    "the token works, its user is an {}",
+                    v["user"]["role"].as_str().unwrap_or("agent")
+                ),
+            );
             true
         }
         Ok((200, v)) => {
@@ -103,7 +109,11 @@ pub(super) async fn check(
             false
         }
         Err(e) => {
-            r.fail(AUTH, e, "check `subdomain` / `base_url` and that this host can reach Zendesk");
+            r.fail(
+                AUTH,
+                e,
+                "check `subdomain` / `base_url` and that this host can reach Zendesk",
+            );
             false
         }
     };
@@ -149,7 +159,10 @@ pub(super) async fn check(
     }
     let Some(live) = z.live_chat() else {
         for step in [KEY, AVAILABILITY, WEBHOOK, TRIGGER] {
-            r.skip(step, "live chat is not configured ([orgs.<org>.zendesk.live])");
+            r.skip(
+                step,
+                "live chat is not configured ([orgs.<org>.zendesk.live])",
+            );
         }
         return;
     };
@@ -228,12 +241,18 @@ fn header_value<'v>(webhook: &'v Value, name: &str) -> Option<&'v str> {
 }
 
 fn subscribes_to_events(webhook: &Value) -> bool {
-    webhook["subscriptions"]
-        .as_array()
-        .is_some_and(|s| s.iter().any(|e| EVENTS.contains(&e.as_str().unwrap_or_default())))
+    webhook["subscriptions"].as_array().is_some_and(|s| {
+        s.iter()
+            .any(|e| EVENTS.contains(&e.as_str().unwrap_or_default()))
+    })
 }
 
-async fn check_webhook(api: &Api<'_>, org: &OrgConfig, options: &DoctorOptions, r: &mut Recorder<'_>) {
+async fn check_webhook(
+    api: &Api<'_>,
+    org: &OrgConfig,
+    options: &DoctorOptions,
+    r: &mut Recorder<'_>,
+) {
     let org_id = org.org_id.as_str();
     let webhooks = match api.get("/api/v2/webhooks").await {
         Ok((200, v)) => v["webhooks"].as_array().cloned().unwrap_or_default(),
@@ -269,7 +288,13 @@ async fn check_webhook(api: &Api<'_>, org: &OrgConfig, options: &DoctorOptions, 
                 "no webhook subscribes to the ticket events",
                 "create the webhook of guide step 3 (Apps and integrations > Webhooks > Create webhook, Zendesk events: Status changed, Agent assignment changed, Message added)",
             );
-            for step in [WEBHOOK_ACTIVE, WEBHOOK_URL, WEBHOOK_EVENTS, WEBHOOK_AUTH, WEBHOOK_HEADER] {
+            for step in [
+                WEBHOOK_ACTIVE,
+                WEBHOOK_URL,
+                WEBHOOK_EVENTS,
+                WEBHOOK_AUTH,
+                WEBHOOK_HEADER,
+            ] {
                 r.skip(step, "no webhook");
             }
         }
@@ -290,14 +315,21 @@ fn check_event_webhook(w: &Value, org_id: &str, options: &DoctorOptions, r: &mut
         ),
     }
     let endpoint = w["endpoint"].as_str().unwrap_or_default();
-    let shape_ok = w["http_method"].as_str() == Some("POST") && w["request_format"].as_str() == Some("json");
+    let shape_ok =
+        w["http_method"].as_str() == Some("POST") && w["request_format"].as_str() == Some("json");
     match options.webhook_url.as_deref() {
         _ if !shape_ok => r.fail(
             WEBHOOK_URL,
-            format!("request method {} / format {}", w["http_method"].as_str().unwrap_or("?"), w["request_format"].as_str().unwrap_or("?")),
+            format!(
+                "request method {} / format {}",
+                w["http_method"].as_str().unwrap_or("?"),
+                w["request_format"].as_str().unwrap_or("?")
+            ),
             "set Request method POST and Request format JSON on the webhook",
         ),
-        Some(url) if url == endpoint => r.pass(WEBHOOK_URL, format!("targets {endpoint} (POST, JSON)")),
+        Some(url) if url == endpoint => {
+            r.pass(WEBHOOK_URL, format!("targets {endpoint} (POST, JSON)"))
+        }
         Some(url) => r.fail(
             WEBHOOK_URL,
             format!("targets {endpoint}, not this deployment's {url}"),
@@ -313,9 +345,16 @@ fn check_event_webhook(w: &Value, org_id: &str, options: &DoctorOptions, r: &mut
         .as_array()
         .map(|a| a.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default();
-    let missing: Vec<&str> = EVENTS.iter().copied().filter(|e| !subs.contains(e)).collect();
+    let missing: Vec<&str> = EVENTS
+        .iter()
+        .copied()
+        .filter(|e| !subs.contains(e))
+        .collect();
     if missing.is_empty() {
-        r.pass(WEBHOOK_EVENTS, "status changed, agent assignment changed, message added");
+        r.pass(
+            WEBHOOK_EVENTS,
+            "status changed, agent assignment changed, message added",
+        );
     } else {
         r.fail(
             WEBHOOK_EVENTS,
@@ -324,7 +363,9 @@ fn check_event_webhook(w: &Value, org_id: &str, options: &DoctorOptions, r: &mut
         );
     }
     let auth = &w["authentication"];
-    if auth["type"].as_str() == Some("bearer_token") && auth["add_position"].as_str() == Some("header") {
+    if auth["type"].as_str() == Some("bearer_token")
+        && auth["add_position"].as_str() == Some("header")
+    {
         r.pass(
             WEBHOOK_AUTH,
             "Bearer token (its value is not readable through the API: make sure it equals zendesk.live.webhook_token)",
@@ -355,7 +396,13 @@ async fn check_trigger(api: &Api<'_>, webhooks: &[Value], org_id: &str, r: &mut 
     let fix = "optional: to close the conversation on End session, add the trigger of the guide (Objects and rules > Triggers, Notify by > Active webhook, body with \"type\": \"fv:conversation_closed\")";
     let triggers = match api.get("/api/v2/triggers").await {
         Ok((200, v)) => v["triggers"].as_array().cloned().unwrap_or_default(),
-        Ok((status, _)) => return r.warn(TRIGGER, format!("GET /api/v2/triggers answered HTTP {status}"), fix),
+        Ok((status, _)) => {
+            return r.warn(
+                TRIGGER,
+                format!("GET /api/v2/triggers answered HTTP {status}"),
+                fix,
+            );
+        }
         Err(e) => return r.warn(TRIGGER, e, fix),
     };
     let our_hooks: Vec<&str> = webhooks
@@ -363,17 +410,31 @@ async fn check_trigger(api: &Api<'_>, webhooks: &[Value], org_id: &str, r: &mut 
         .filter(|w| header_value(w, ORG_HEADER) == Some(org_id))
         .filter_map(|w| w["id"].as_str())
         .collect();
-    let found = triggers.iter().filter(|t| t["active"].as_bool() != Some(false)).find(|t| {
-        t["actions"].as_array().is_some_and(|actions| {
-            actions.iter().any(|a| {
-                a["field"].as_str() == Some("notification_webhook")
-                    && a["value"][0].as_str().is_some_and(|id| our_hooks.contains(&id))
-                    && a["value"][1].as_str().is_some_and(|b| b.contains(SESSION_END))
+    let found = triggers
+        .iter()
+        .filter(|t| t["active"].as_bool() != Some(false))
+        .find(|t| {
+            t["actions"].as_array().is_some_and(|actions| {
+                actions.iter().any(|a| {
+                    a["field"].as_str() == Some("notification_webhook")
+                        && a["value"][0]
+                            .as_str()
+                            .is_some_and(|id| our_hooks.contains(&id))
+                        && a["value"][1]
+                            .as_str()
+                            .is_some_and(|b| b.contains(SESSION_END))
+                })
             })
-        })
-    });
+        });
     match found {
-        Some(t) => r.pass(TRIGGER, format!("trigger {} notifies this org's webhook", t["id"])),
-        None => r.warn(TRIGGER, "no active trigger sends fv:conversation_closed to this org's webhook", fix),
+        Some(t) => r.pass(
+            TRIGGER,
+            format!("trigger {} notifies this org's webhook", t["id"]),
+        ),
+        None => r.warn(
+            TRIGGER,
+            "no active trigger sends fv:conversation_closed to this org's webhook",
+            fix,
+        ),
     }
 }

@@ -281,12 +281,18 @@ fn versions() -> SimResponse {
 /// `GET .../sobjects/Case/describe`: createable by the Run As user, with the
 /// standard fields the escalator writes and the External ID field.
 fn describe_case() -> SimResponse {
-    let field = |name: &str, external: bool| {
-        json!({"name": name, "createable": true, "updateable": true, "externalId": external})
-    };
+    let field = |name: &str, external: bool| json!({"name": name, "createable": true, "updateable": true, "externalId": external});
     let mut fields: Vec<Value> = [
-        "Id", "Subject", "Description", "Origin", "Status", "Priority", "SuppliedName",
-        "SuppliedEmail", "OwnerId", "RecordTypeId",
+        "Id",
+        "Subject",
+        "Description",
+        "Origin",
+        "Status",
+        "Priority",
+        "SuppliedName",
+        "SuppliedEmail",
+        "OwnerId",
+        "RecordTypeId",
     ]
     .into_iter()
     .map(|n| field(n, false))

@@ -104,10 +104,16 @@ fn webhooks(st: &State) -> Vec<Value> {
 
 /// The session-end trigger, unless the target says the admin skipped it.
 fn triggers(st: &State) -> Vec<Value> {
-    if st.live.target.as_ref().is_some_and(|t| !t.session_end_trigger) {
+    if st
+        .live
+        .target
+        .as_ref()
+        .is_some_and(|t| !t.session_end_trigger)
+    {
         return Vec::new();
     }
-    let body = format!("{{\n\"ticket_id\": \"{{{{ticket.id}}}}\",\n\"type\": \"{SESSION_END}\"\n}}");
+    let body =
+        format!("{{\n\"ticket_id\": \"{{{{ticket.id}}}}\",\n\"type\": \"{SESSION_END}\"\n}}");
     vec![json!({
         "id": 360_000_001u64,
         "title": "Fullview - On session end",
