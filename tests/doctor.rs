@@ -340,6 +340,34 @@ async fn unknowable_or_optional_steps_warn_without_failing() {
     );
 }
 
+#[tokio::test]
+async fn an_end_user_token_and_a_run_as_user_without_case_access_are_named() {
+    let sim = sim().await;
+    sim.set_api_user_role("end-user");
+    sim.set_case_createable(false);
+    let report = run(&config_text(&sim), None, Some(WEBHOOK_URL)).await;
+    assert_eq!(report.exit_code(), 1);
+    let auth = line(&report, "API token authentication");
+    assert_eq!(auth.status, Status::Warn);
+    assert!(
+        auth.fix
+            .as_deref()
+            .unwrap_or_default()
+            .contains("agent or admin")
+    );
+    // The default assignee (user 1000) is that end user.
+    assert_eq!(line(&report, "default assignee").status, Status::Fail);
+    let case = line(&report, "Case createable by the Run As user");
+    assert_eq!(case.status, Status::Fail);
+    assert!(
+        case.fix
+            .as_deref()
+            .unwrap_or_default()
+            .contains("Create (and Edit) on Case")
+    );
+    only_reads(&sim);
+}
+
 fn binary(config: &std::path::Path, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_escalator"))
         .arg("doctor")

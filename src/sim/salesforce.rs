@@ -51,6 +51,8 @@ pub(crate) struct SalesforceState {
     api_usage: u64,
     next_case: u64,
     next_record: u64,
+    /// What `Case/describe` says of `createable` (the Run As user's access).
+    pub(crate) case_createable: bool,
 }
 
 impl SalesforceState {
@@ -63,6 +65,7 @@ impl SalesforceState {
             api_usage: 0,
             next_case: 1,
             next_record: 1,
+            case_createable: true,
         }
     }
 
@@ -237,7 +240,7 @@ fn rest_api(sf: &mut SalesforceState, req: &Req, rest: &str) -> SimResponse {
         ["query"] if method == "GET" => query(sf, req, version),
         ["sobjects", obj, tail @ ..] => match (sobject(obj), method, tail) {
             (Some("Case"), "POST", []) => create_case(sf, req),
-            (Some("Case"), "GET", ["describe"]) => describe_case(),
+            (Some("Case"), "GET", ["describe"]) => describe_case(sf.case_createable),
             (Some("Case"), "GET", [id]) => get_case(sf, id, version),
             (Some("Case"), "PATCH", [id]) => update_case(sf, req, id),
             (Some("Case"), "PATCH", [field, value]) => {
@@ -280,7 +283,7 @@ fn versions() -> SimResponse {
 
 /// `GET .../sobjects/Case/describe`: createable by the Run As user, with the
 /// standard fields the escalator writes and the External ID field.
-fn describe_case() -> SimResponse {
+fn describe_case(createable: bool) -> SimResponse {
     let field = |name: &str, external: bool| json!({"name": name, "createable": true, "updateable": true, "externalId": external});
     let mut fields: Vec<Value> = [
         "Id",
@@ -301,7 +304,7 @@ fn describe_case() -> SimResponse {
     SimResponse::json_typed(
         200,
         JSON,
-        &json!({"name": "Case", "createable": true, "updateable": true, "queryable": true, "fields": fields}),
+        &json!({"name": "Case", "createable": createable, "updateable": createable, "queryable": true, "fields": fields}),
     )
 }
 

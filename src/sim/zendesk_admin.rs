@@ -14,7 +14,8 @@ use super::webhooks::{
     TRIGGER_WEBHOOK_ID,
 };
 
-/// The API user of the seeded credentials (an admin), also `GET /users/1000`.
+/// The API user of the seeded credentials (an admin unless
+/// `SimHandle::set_api_user_role`), also `GET /users/1000`.
 pub(crate) const API_USER_ID: u64 = 1000;
 /// Groups every fresh simulator has.
 const GROUPS: &[(u64, &str)] = &[(42, "Support"), (77, "AI escalations")];
@@ -30,9 +31,9 @@ pub(crate) fn handle(st: &State, req: &Req, segs: &[&str]) -> Option<SimResponse
         return None;
     }
     let response = match segs {
-        ["users", "me"] => SimResponse::json(200, &json!({"user": api_user()})),
+        ["users", "me"] => SimResponse::json(200, &json!({"user": api_user(st)})),
         ["users", id] if id.parse::<u64>().ok() == Some(API_USER_ID) => {
-            SimResponse::json(200, &json!({"user": api_user()}))
+            SimResponse::json(200, &json!({"user": api_user(st)}))
         }
         ["groups", id] => match GROUPS
             .iter()
@@ -60,8 +61,8 @@ pub(crate) fn handle(st: &State, req: &Req, segs: &[&str]) -> Option<SimResponse
     Some(response)
 }
 
-fn api_user() -> Value {
-    json!({"id": API_USER_ID, "name": "Integration", "role": "admin", "active": true})
+fn api_user(st: &State) -> Value {
+    json!({"id": API_USER_ID, "name": "Integration", "role": st.zd.api_user_role, "active": true})
 }
 
 fn webhook(id: &str, name: &str, endpoint: &str, org: &str, subscriptions: Value) -> Value {
