@@ -368,6 +368,35 @@ async fn an_end_user_token_and_a_run_as_user_without_case_access_are_named() {
     only_reads(&sim);
 }
 
+#[tokio::test]
+async fn the_webhook_is_found_on_a_later_page() {
+    let sim = sim().await;
+    let other = json!({"id": "01HOTHER", "status": "active", "endpoint": "https://other.example.com",
+        "http_method": "POST", "request_format": "json", "subscriptions": ["conditional_ticket_events"],
+        "authentication": null, "custom_headers": {}});
+    let next = format!("{}/api/v2/webhooks?page[after]=abc", sim.base_url());
+    sim.inject(FaultRule {
+        times: Some(1),
+        ..answer(
+            "/api/v2/webhooks",
+            json!({"webhooks": [other], "meta": {"has_more": true}, "links": {"next": next}}),
+        )
+    });
+    let report = run(&config_text(&sim), Some(ZENDESK_ORG), Some(WEBHOOK_URL)).await;
+    assert!(report.ok(), "{}", report.to_text());
+    assert!(
+        line(&report, "webhook exists")
+            .detail
+            .contains("01HZSIMEVENTWEBHOOK")
+    );
+    assert!(
+        sim.requests()
+            .iter()
+            .any(|r| r.path.contains("page[after]=abc")),
+        "the second page was not read"
+    );
+}
+
 fn binary(config: &std::path::Path, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_escalator"))
         .arg("doctor")

@@ -40,19 +40,55 @@ impl Api<'_> {
     /// GET `path`: the status and the JSON body (Null when not JSON), or
     /// no answer at all.
     async fn get(&self, path: &str) -> Result<(u16, Value), String> {
+        self.get_url(&format!("{}{path}", self.base), path).await
+    }
+
+    /// GET an absolute URL (a next-page link); `what` names it in errors.
+    async fn get_url(&self, url: &str, what: &str) -> Result<(u16, Value), String> {
         let rb = self
             .http
-            .get(format!("{}{path}", self.base))
+            .get(url)
             .header(reqwest::header::AUTHORIZATION, self.auth.clone())
             .header(reqwest::header::ACCEPT, "application/json");
-        let (resp, _) = execute(self.http, rb, "zendesk", path)
+        let (resp, _) = execute(self.http, rb, "zendesk", what)
             .await
             .map_err(|e| unreachable(&e))?;
         let status = resp.status().as_u16();
         let body = resp.bytes().await.unwrap_or_default();
         Ok((status, serde_json::from_slice(&body).unwrap_or(Value::Null)))
     }
+
+    /// Every item of the list `key` at `path`, following next-page links
+    /// (cursor `links.next` or offset `next_page`) up to [`MAX_PAGES`].
+    async fn list(&self, path: &str, key: &str) -> Result<Vec<Value>, (Option<u16>, String)> {
+        let mut items = Vec::new();
+        let mut page = self.get(path).await;
+        for _ in 0..MAX_PAGES {
+            let v = match page {
+                Ok((200, v)) => v,
+                Ok((status, _)) => {
+                    return Err((Some(status), format!("GET {path} answered HTTP {status}")));
+                }
+                Err(e) => return Err((None, e)),
+            };
+            items.extend(v[key].as_array().cloned().unwrap_or_default());
+            let more = v["meta"]["has_more"].as_bool() != Some(false);
+            let next = v["links"]["next"]
+                .as_str()
+                .filter(|_| more)
+                .or_else(|| v["next_page"].as_str())
+                .filter(|n| !n.is_empty());
+            match next {
+                Some(url) => page = self.get_url(url, path).await,
+                None => break,
+            }
+        }
+        Ok(items)
+    }
 }
+
+/// Pages of webhooks or triggers read at most (100 each).
+const MAX_PAGES: usize = 10;
 
 fn is_staff(user: &Value) -> bool {
     matches!(user["role"].as_str(), Some("agent" | "admin"))
@@ -121,7 +157,7 @@ pub(super) async fn check(
         for step in [GROUP, ASSIGNEE, AVAILABILITY, WEBHOOK, TRIGGER] {
             r.skip(step, "needs API token authentication");
         }
-        if let Some(live) = z.live_chat() {
+        if let Some(live) = z.live_chat().filter(|_| org.live_chat) {
             check_key(http, z, live, r).await;
         }
         return;
@@ -157,7 +193,7 @@ pub(super) async fn check(
             Err(e) => r.fail(ASSIGNEE, e, "retry later"),
         },
     }
-    let Some(live) = z.live_chat() else {
+    let Some(live) = z.live_chat().filter(|_| org.live_chat) else {
         for step in [KEY, AVAILABILITY, WEBHOOK, TRIGGER] {
             r.skip(
                 step,
@@ -232,6 +268,15 @@ async fn check_availability(api: &Api<'_>, live: &ZendeskLiveConfig, r: &mut Rec
     }
 }
 
+/// URLs equal up to a trailing slash and the case of scheme and host.
+fn same_url(a: &str, b: &str) -> bool {
+    let norm = |u: &str| match reqwest::Url::parse(u.trim()) {
+        Ok(p) => p.as_str().trim_end_matches('/').to_string(),
+        Err(_) => u.trim().trim_end_matches('/').to_string(),
+    };
+    norm(a) == norm(b)
+}
+
 fn header_value<'v>(webhook: &'v Value, name: &str) -> Option<&'v str> {
     webhook["custom_headers"]
         .as_object()?
@@ -254,16 +299,26 @@ async fn check_webhook(
     r: &mut Recorder<'_>,
 ) {
     let org_id = org.org_id.as_str();
-    let webhooks = match api.get("/api/v2/webhooks").await {
-        Ok((200, v)) => v["webhooks"].as_array().cloned().unwrap_or_default(),
-        Ok((status, _)) => {
-            r.fail(WEBHOOK, format!("GET /api/v2/webhooks answered HTTP {status}"), "the API user must be an admin to read webhooks (Admin Center > People > Team members > role)");
-            r.skip(TRIGGER, "needs the webhook list");
-            return;
-        }
-        Err(e) => {
-            r.fail(WEBHOOK, e, "retry later");
-            r.skip(TRIGGER, "needs the webhook list");
+    let webhooks = match api.list("/api/v2/webhooks", "webhooks").await {
+        Ok(list) => list,
+        Err((status, what)) => {
+            let fix = match status {
+                Some(401 | 403) => {
+                    "the API user must be an admin to read webhooks (Admin Center > People > Team members > role)"
+                }
+                _ => "retry later",
+            };
+            r.fail(WEBHOOK, what, fix);
+            for step in [
+                WEBHOOK_ACTIVE,
+                WEBHOOK_URL,
+                WEBHOOK_EVENTS,
+                WEBHOOK_AUTH,
+                WEBHOOK_HEADER,
+                TRIGGER,
+            ] {
+                r.skip(step, "needs the webhook list");
+            }
             return;
         }
     };
@@ -272,7 +327,7 @@ async fn check_webhook(
             || options
                 .webhook_url
                 .as_deref()
-                .is_some_and(|u| w["endpoint"].as_str() == Some(u))
+                .is_some_and(|u| same_url(u, w["endpoint"].as_str().unwrap_or_default()))
     };
     // The event webhook: ours and subscribed to an event type; else any
     // webhook subscribed to the events (perhaps with a wrong header).
@@ -327,7 +382,7 @@ fn check_event_webhook(w: &Value, org_id: &str, options: &DoctorOptions, r: &mut
             ),
             "set Request method POST and Request format JSON on the webhook",
         ),
-        Some(url) if url == endpoint => {
+        Some(url) if same_url(url, endpoint) => {
             r.pass(WEBHOOK_URL, format!("targets {endpoint} (POST, JSON)"))
         }
         Some(url) => r.fail(
