@@ -451,6 +451,27 @@ async fn the_command_prints_lines_json_and_exit_codes() {
     assert_eq!(group["status"], "FAIL");
     assert!(group["fix"].as_str().unwrap().contains("group_id"));
 
+    // Text: the failure and its fix on one line.
+    let path2 = path.clone();
+    let text = tokio::task::spawn_blocking(move || {
+        binary(
+            &path2,
+            &["--org", ZENDESK_ORG, "--webhook-url", WEBHOOK_URL],
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(text.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&text.stdout);
+    let fail = stdout
+        .lines()
+        .find(|l| l.starts_with("FAIL"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(
+        fail.contains("default group") && fail.contains("fix: set `group_id`"),
+        "{fail}"
+    );
+
     let path2 = path.clone();
     let unknown = tokio::task::spawn_blocking(move || binary(&path2, &["--org", "nope"]))
         .await

@@ -71,20 +71,22 @@ impl Report {
         if self.ok() { 0 } else { 1 }
     }
 
-    /// One line per check: `STATUS  org  step: detail`, then `  fix: ...`.
+    /// One line per check: `STATUS  org  step: detail -- fix: ...`, then a
+    /// summary line.
     pub fn to_text(&self) -> String {
         let mut out = String::new();
         for c in &self.checks {
             out.push_str(&format!(
-                "{:<4}  {}  {}: {}\n",
+                "{:<4}  {}  {}: {}",
                 c.status.as_str(),
                 c.org,
                 c.step,
                 c.detail
             ));
             if let Some(fix) = &c.fix {
-                out.push_str(&format!("      fix: {fix}\n"));
+                out.push_str(&format!(" -- fix: {fix}"));
             }
+            out.push('\n');
         }
         let failed = self
             .checks
