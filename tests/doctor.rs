@@ -397,6 +397,23 @@ async fn the_webhook_is_found_on_a_later_page() {
     );
 }
 
+#[tokio::test]
+async fn the_grant_with_http_basic_credentials_passes_too() {
+    let sim = sim().await;
+    let text = config_text(&sim).replace(
+        "priority = \"Medium\"",
+        "priority = \"Medium\"\ntoken_auth_basic = true",
+    );
+    let report = run(&text, Some(SALESFORCE_ORG), None).await;
+    assert!(report.ok(), "{}", report.to_text());
+    let grant = sim
+        .requests()
+        .into_iter()
+        .find(|r| r.path.starts_with("/services/oauth2/token"))
+        .unwrap();
+    assert!(!grant.body.contains("client_secret"), "{}", grant.body);
+}
+
 fn binary(config: &std::path::Path, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_escalator"))
         .arg("doctor")

@@ -207,3 +207,45 @@ pub async fn run(config: &Config, options: &DoctorOptions) -> Result<Report, Doc
 pub(crate) fn unreachable(e: &crate::error::ProviderError) -> String {
     format!("no answer ({})", e.message)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(status: Status, fix: Option<&str>) -> Check {
+        Check {
+            org: "acme".into(),
+            provider: "zendesk",
+            step: "default group".into(),
+            status,
+            detail: "group 7 does not exist".into(),
+            fix: fix.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn only_a_failure_fails_the_run_and_its_fix_is_on_its_line() {
+        let mut report = Report {
+            checks: vec![check(Status::Pass, None), check(Status::Warn, Some("look"))],
+        };
+        assert_eq!(report.exit_code(), 0);
+        report
+            .checks
+            .push(check(Status::Fail, Some("set `group_id`")));
+        assert_eq!(report.exit_code(), 1);
+        let text = report.to_text();
+        let fail = text.lines().find(|l| l.starts_with("FAIL")).unwrap();
+        assert!(
+            fail.contains("acme") && fail.contains("fix: set `group_id`"),
+            "{fail}"
+        );
+        assert!(text.ends_with("3 checks: 1 failed, 1 warnings\n"), "{text}");
+        let json: Vec<serde_json::Value> = report
+            .to_json_lines()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(json[2]["status"], "FAIL");
+        assert!(json[0].get("fix").is_none());
+    }
+}

@@ -5,7 +5,7 @@
 use super::{Recorder, unreachable};
 use crate::config::SalesforceConfig;
 use crate::provider::http::{execute, retry_after};
-use crate::provider::salesforce::token_error;
+use crate::provider::salesforce::{form_encode, token_error};
 use crate::secret::Secret;
 use serde_json::Value;
 
@@ -25,7 +25,11 @@ async fn grant(
         .post(s.token_url())
         .header(reqwest::header::ACCEPT, "application/json");
     if s.token_auth_basic {
-        rb = rb.basic_auth(&s.client_id, Some(s.client_secret.expose()));
+        // Encoded exactly as the worker's token client does (RFC 6749 2.3.1).
+        rb = rb.basic_auth(
+            form_encode(&s.client_id),
+            Some(form_encode(s.client_secret.expose())),
+        );
     } else {
         form.push(("client_id", s.client_id.as_str()));
         form.push(("client_secret", s.client_secret.expose()));

@@ -493,3 +493,28 @@ async fn check_trigger(api: &Api<'_>, webhooks: &[Value], org_id: &str, r: &mut 
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn urls_match_up_to_a_trailing_slash_and_host_case() {
+        assert!(same_url(
+            "https://API.example.com/hook/",
+            "https://api.example.com/hook"
+        ));
+        assert!(!same_url(
+            "https://api.example.com/hook",
+            "https://api.example.com/other"
+        ));
+    }
+
+    #[test]
+    fn the_org_header_is_found_whatever_its_case() {
+        let w = json!({"custom_headers": {"FV-Organisation-Id": "acme"}});
+        assert_eq!(header_value(&w, ORG_HEADER), Some("acme"));
+        assert_eq!(header_value(&json!({}), ORG_HEADER), None);
+    }
+}

@@ -39,6 +39,7 @@ use serde_json::{Value, json};
 use state::{CaseMarker, Markers};
 use std::time::Duration;
 use token::TokenSource;
+pub(crate) use token::form_encode;
 
 /// How far before `requested_at` the crash lookup searches (clock skew between
 /// the event's producer and Salesforce).
