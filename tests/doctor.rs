@@ -414,6 +414,36 @@ async fn the_grant_with_http_basic_credentials_passes_too() {
     assert!(!grant.body.contains("client_secret"), "{}", grant.body);
 }
 
+#[tokio::test]
+async fn the_switches_are_on_the_control_api_too() {
+    let sim = sim().await;
+    let http = reqwest::Client::new();
+    for (path, body) in [
+        (
+            "/_sim/salesforce/case-createable",
+            json!({"createable": false}),
+        ),
+        ("/_sim/zendesk/api-user-role", json!({"role": "end-user"})),
+    ] {
+        let resp = http
+            .post(format!("{}{path}", sim.base_url()))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+    }
+    let report = run(&config_text(&sim), None, Some(WEBHOOK_URL)).await;
+    assert_eq!(
+        line(&report, "Case createable by the Run As user").status,
+        Status::Fail
+    );
+    assert_eq!(
+        line(&report, "API token authentication").status,
+        Status::Warn
+    );
+}
+
 fn binary(config: &std::path::Path, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_escalator"))
         .arg("doctor")
