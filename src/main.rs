@@ -2,7 +2,7 @@
 use clap::{Parser, Subcommand};
 use escalator::config::Config;
 use escalator::pipeline::service::Worker;
-use escalator::settings::{AmqpArgs, IngressArgs, Settings, ShapeArgs};
+use escalator::settings::{AmqpArgs, DoctorArgs, IngressArgs, Settings, ShapeArgs};
 #[cfg(feature = "tooling")]
 use escalator::settings::{IngressBenchArgs, LoadArgs, RedisArgs};
 use escalator::topology::Topology;
@@ -131,6 +131,20 @@ enum Command {
         #[arg(long)]
         conversations: Option<usize>,
     },
+    /// Check each org's provider set-up against its admin guide (read-only).
+    ///
+    /// One line per check (PASS, FAIL, WARN, SKIP), with the fix for each
+    /// failure. Makes only GET requests and the Salesforce token grant.
+    /// Exit status: 0 all required checks pass, 1 one failed, 2 usage or
+    /// configuration error.
+    #[command(after_help = ENVIRONMENT_HELP)]
+    Doctor {
+        #[command(flatten)]
+        doctor: DoctorArgs,
+        /// Per-org configuration file (TOML): the same file as the worker's.
+        #[arg(long, env = "ESCALATOR_CONFIG", default_value = "escalator.toml")]
+        config: PathBuf,
+    },
 }
 
 #[cfg(feature = "tooling")]
@@ -146,6 +160,9 @@ Environment:
 fn main() -> ExitCode {
     let cli = Cli::parse();
     escalator::telemetry::prefer_pretty(cli.pretty);
+    if let Command::Doctor { doctor, config } = cli.command {
+        return run_doctor(doctor, config);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -279,6 +296,48 @@ async fn run(command: Command) -> Result<(), String> {
                 None => escalator::bench::Mode::Throughput { count },
             };
             escalator::bench::run(settings, mode).await
+        }
+        Command::Doctor { .. } => Err("doctor runs outside this dispatcher".into()),
+    }
+}
+
+/// `escalator doctor`: exit 0 (all required checks pass), 1 (one failed) or
+/// 2 (usage or configuration error).
+fn run_doctor(args: DoctorArgs, config: PathBuf) -> ExitCode {
+    let _telemetry = escalator::telemetry::init("error");
+    let config = match Config::load(&config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("escalator: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("escalator: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let options = escalator::doctor::DoctorOptions {
+        org: args.org,
+        webhook_url: args.webhook_url,
+    };
+    match runtime.block_on(escalator::doctor::run(&config, &options)) {
+        Ok(report) => {
+            if args.json {
+                print!("{}", report.to_json_lines());
+            } else {
+                print!("{}", report.to_text());
+            }
+            ExitCode::from(report.exit_code())
+        }
+        Err(e) => {
+            eprintln!("escalator: {e}");
+            ExitCode::from(2)
         }
     }
 }

@@ -178,6 +178,21 @@ impl IngressArgs {
     }
 }
 
+/// What `doctor` checks and how it prints.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DoctorArgs {
+    /// Check only this org (default: every org of the config).
+    #[arg(long)]
+    pub org: Option<String>,
+    /// Print one JSON object per check (one per line) instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// The public URL of this deployment's webhook ingress, which the Zendesk
+    /// webhook must target (unknown: that check warns).
+    #[arg(long, env = "ESCALATOR_PUBLIC_WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+}
+
 /// The ingress benchmark: `bench --ingress`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct IngressBenchArgs {

@@ -410,6 +410,7 @@ fn every_environment_variable_is_in_some_help() {
         vec!["demo"],
         vec!["bench"],
         vec!["sim"],
+        vec!["doctor"],
     ]
     .iter()
     .map(|args| help(args))

@@ -79,8 +79,9 @@ impl Audit {
     }
 }
 
-/// The `Authorization` value of API-token auth, marked sensitive.
-fn basic_auth(email: &str, token: &str) -> HeaderValue {
+/// The `Authorization` value of API-token auth, marked sensitive (also
+/// used by `escalator doctor`).
+pub fn basic_auth(email: &str, token: &str) -> HeaderValue {
     let raw = format!("{email}/token:{token}");
     let encoded = base64::engine::general_purpose::STANDARD.encode(raw);
     // Base64 is always a valid header value; the fallback only satisfies the type.

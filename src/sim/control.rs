@@ -89,6 +89,25 @@ pub(crate) fn handle(shared: &Shared, req: &Req) -> SimResponse {
             }
             None => invalid("expected {\"enabled\": true|false}"),
         },
+        ("POST", "/_sim/salesforce/case-createable") => match flag(req, "createable") {
+            Some(createable) => {
+                shared.lock().sf.case_createable = createable;
+                ok()
+            }
+            None => invalid("expected {\"createable\": true|false}"),
+        },
+        ("POST", "/_sim/zendesk/api-user-role") => {
+            match serde_json::from_slice::<Value>(&req.body) {
+                Ok(v) => match v["role"].as_str() {
+                    Some(role) => {
+                        shared.lock().zd.api_user_role = role.to_owned();
+                        ok()
+                    }
+                    None => invalid("expected {\"role\": \"admin\"|\"agent\"|\"end-user\"}"),
+                },
+                Err(e) => invalid(&format!("invalid body: {e}")),
+            }
+        }
         ("POST", "/_sim/zendesk/schedules") => {
             match serde_json::from_slice::<SimSchedule>(&req.body) {
                 Ok(s) => {

@@ -11,6 +11,11 @@
 //! leave, end session, solve) is driven through [`SimHandle`] or
 //! `/_sim/zendesk/live/...` and reported to a configured receiver as real
 //! Zendesk webhook deliveries (`live`, `webhooks`).
+//!
+//! Set-up reads (`escalator doctor`): Zendesk `users/me`, groups, the
+//! Webhooks API and triggers describe the account as the admin guide sets
+//! it up, aimed at the webhook target (`zendesk_admin`); Salesforce answers
+//! `GET /services/data/` and `Case/describe`; Sunshine `GET /v2/apps/{id}`.
 
 mod control;
 mod faults;
@@ -23,6 +28,7 @@ mod types;
 mod util;
 mod webhooks;
 mod zendesk;
+mod zendesk_admin;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -231,6 +237,19 @@ impl SimHandle {
     /// without omnichannel routing. Default true.
     pub fn set_agent_availability_api(&self, available: bool) {
         self.shared.lock().zd.availability_api = available;
+    }
+
+    /// The role of the Zendesk API user (`users/me`, user 1000): "admin"
+    /// by default; "end-user" makes the doctor's token check warn and, as
+    /// the default assignee, fail.
+    pub fn set_api_user_role(&self, role: &str) {
+        self.shared.lock().zd.api_user_role = role.to_owned();
+    }
+
+    /// What Salesforce's `Case/describe` says of `createable` (the Run As
+    /// user's Create permission on Case). Default true.
+    pub fn set_case_createable(&self, createable: bool) {
+        self.shared.lock().sf.case_createable = createable;
     }
 
     /// Adds or replaces a business-hours schedule (schedule 1 is always open
@@ -491,7 +510,19 @@ async fn process(shared: Arc<Shared>, req: Req) -> (SimResponse, bool) {
 fn dispatch(shared: &Shared, req: &Req) -> SimResponse {
     let mut st = shared.lock();
     if req.path == "/api/v2" || req.path.starts_with("/api/v2/") {
-        zendesk::handle(shared, &mut st.zd, req)
+        let rest = req.path.strip_prefix("/api/v2").unwrap_or_default();
+        let segs: Vec<&str> = rest
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .map(|s| s.strip_suffix(".json").unwrap_or(s))
+            .collect();
+        let admin = zendesk::authenticated(shared, req)
+            .then(|| zendesk_admin::handle(&st, req, &segs))
+            .flatten();
+        match admin {
+            Some(response) => response,
+            None => zendesk::handle(shared, &mut st.zd, req),
+        }
     } else if req.path.starts_with("/services/") {
         salesforce::handle(shared, &mut st.sf, req)
     } else if req.path.starts_with("/sc/") {

@@ -51,6 +51,8 @@ pub(crate) struct SalesforceState {
     api_usage: u64,
     next_case: u64,
     next_record: u64,
+    /// What `Case/describe` says of `createable` (the Run As user's access).
+    pub(crate) case_createable: bool,
 }
 
 impl SalesforceState {
@@ -63,6 +65,7 @@ impl SalesforceState {
             api_usage: 0,
             next_case: 1,
             next_record: 1,
+            case_createable: true,
         }
     }
 
@@ -217,6 +220,10 @@ fn sobject(name: &str) -> Option<&'static str> {
 }
 
 fn rest_api(sf: &mut SalesforceState, req: &Req, rest: &str) -> SimResponse {
+    // `GET /services/data/`: the API versions (Salesforce answers it without a token).
+    if rest.trim_matches('/').is_empty() && req.method == axum::http::Method::GET {
+        return versions();
+    }
     let live = bearer_token(&req.headers).is_some_and(|t| sf.tokens.contains(&t));
     if !live {
         return sf_error(401, "INVALID_SESSION_ID", "Session expired or invalid", &[]);
@@ -233,6 +240,7 @@ fn rest_api(sf: &mut SalesforceState, req: &Req, rest: &str) -> SimResponse {
         ["query"] if method == "GET" => query(sf, req, version),
         ["sobjects", obj, tail @ ..] => match (sobject(obj), method, tail) {
             (Some("Case"), "POST", []) => create_case(sf, req),
+            (Some("Case"), "GET", ["describe"]) => describe_case(sf.case_createable),
             (Some("Case"), "GET", [id]) => get_case(sf, id, version),
             (Some("Case"), "PATCH", [id]) => update_case(sf, req, id),
             (Some("Case"), "PATCH", [field, value]) => {
@@ -259,6 +267,45 @@ fn rest_api(sf: &mut SalesforceState, req: &Req, rest: &str) -> SimResponse {
         },
         _ => not_found(),
     }
+}
+
+/// The External ID field the simulated org has on Case (any other name is
+/// unknown to `describe`, though upserts accept it).
+pub(crate) const EXTERNAL_ID_FIELD: &str = "Escalator_Conversation_Id__c";
+
+/// `GET /services/data/`: versions v50.0..v70.0 (the ones the REST API answers).
+fn versions() -> SimResponse {
+    let list: Vec<Value> = (50..=70)
+        .map(|v| json!({"label": format!("v{v}"), "url": format!("/services/data/v{v}.0"), "version": format!("{v}.0")}))
+        .collect();
+    SimResponse::json_typed(200, JSON, &json!(list))
+}
+
+/// `GET .../sobjects/Case/describe`: createable by the Run As user, with the
+/// standard fields the escalator writes and the External ID field.
+fn describe_case(createable: bool) -> SimResponse {
+    let field = |name: &str, external: bool| json!({"name": name, "createable": true, "updateable": true, "externalId": external});
+    let mut fields: Vec<Value> = [
+        "Id",
+        "Subject",
+        "Description",
+        "Origin",
+        "Status",
+        "Priority",
+        "SuppliedName",
+        "SuppliedEmail",
+        "OwnerId",
+        "RecordTypeId",
+    ]
+    .into_iter()
+    .map(|n| field(n, false))
+    .collect();
+    fields.push(field(EXTERNAL_ID_FIELD, true));
+    SimResponse::json_typed(
+        200,
+        JSON,
+        &json!({"name": "Case", "createable": createable, "updateable": createable, "queryable": true, "fields": fields}),
+    )
 }
 
 fn parse_object(req: &Req) -> Result<Map<String, Value>, SimResponse> {

@@ -154,6 +154,10 @@ pub(crate) fn handle(shared: &Shared, st: &mut State, req: &Req) -> SimResponse 
     }
     let segs: Vec<&str> = segs.iter().skip(1).map(String::as_str).collect();
     match (req.method.as_str(), segs.as_slice()) {
+        ("GET", []) => SimResponse::json(
+            200,
+            &json!({"app": {"id": app, "displayName": "Simulated app", "settings": {"multiConvoEnabled": st.sun.multi_convo(&app)}}}),
+        ),
         ("POST", ["users"]) => create_user(&mut st.sun, &app, req),
         ("GET", ["users", id]) => match st.sun.user(&app, id) {
             Some(u) => SimResponse::json(200, &json!({"user": user_json(u)})),

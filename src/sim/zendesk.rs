@@ -48,6 +48,8 @@ pub(crate) struct ZendeskState {
     pub(crate) schedules: BTreeMap<u64, SimSchedule>,
     /// False: `agent_availabilities` answers 404 (no omnichannel routing).
     pub(crate) availability_api: bool,
+    /// The role of the API user (`users/me`): "admin" by default.
+    pub(crate) api_user_role: String,
 }
 
 /// The agents every fresh simulator knows.
@@ -91,6 +93,7 @@ impl ZendeskState {
                 .collect(),
             schedules: [(1, SimSchedule::always_open(1))].into_iter().collect(),
             availability_api: true,
+            api_user_role: "admin".to_owned(),
         }
     }
 
@@ -353,7 +356,7 @@ fn agent_availabilities(zd: &ZendeskState, req: &Req) -> SimResponse {
     )
 }
 
-fn authenticated(shared: &Shared, req: &Req) -> bool {
+pub(crate) fn authenticated(shared: &Shared, req: &Req) -> bool {
     let Some((user, token)) = basic_credentials(&req.headers) else {
         return false;
     };

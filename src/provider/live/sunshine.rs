@@ -217,6 +217,13 @@ impl SunshineClient {
         Self::json(resp, op, true).await
     }
 
+    /// `GET /v2/apps/{appId}`: whether the key and app id are right (401:
+    /// wrong key id or secret; 404: no such app). Used by `escalator doctor`.
+    pub async fn get_app(&self) -> Result<(), ProviderError> {
+        let _: Value = self.read(self.http.get(&self.app_url), "get app").await?;
+        Ok(())
+    }
+
     /// `POST /users`: the new user's id, or `None` when a user with this
     /// external id exists already (409 conflict).
     pub async fn create_user(&self, body: &Value) -> Result<Option<String>, ProviderError> {

@@ -185,7 +185,7 @@ pub(super) fn rest_error(
 
 /// Turn a failed answer of the OAuth token endpoint into a typed error whose
 /// message tells the admin what to fix.
-pub(super) fn token_error(status: u16, retry_after: Option<Duration>, body: &str) -> ProviderError {
+pub fn token_error(status: u16, retry_after: Option<Duration>, body: &str) -> ProviderError {
     let parsed: Option<Value> = serde_json::from_str(body).ok();
     let field = |name: &str| {
         parsed

@@ -31,12 +31,15 @@ use case::{
 };
 use chrono::{DateTime, Utc};
 use errors::PROVIDER;
+/// The admin's fix for a refused token grant (also used by `escalator doctor`).
+pub use errors::token_error;
 use rest::{Rest, path_segment};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use state::{CaseMarker, Markers};
 use std::time::Duration;
 use token::TokenSource;
+pub(crate) use token::form_encode;
 
 /// How far before `requested_at` the crash lookup searches (clock skew between
 /// the event's producer and Salesforce).

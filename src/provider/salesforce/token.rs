@@ -111,7 +111,7 @@ fn redis_error(what: &str, e: &redis::RedisError) -> ProviderError {
 }
 
 /// RFC 6749 2.3.1: client id and secret are form-encoded before HTTP Basic.
-fn form_encode(s: &str) -> String {
+pub(crate) fn form_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         match b {
