@@ -150,9 +150,8 @@ impl Batch {
                 .get(i)
                 .is_some_and(|d| d.delivery_count + 1 >= REFRESH_AT);
             if worn && let (Some(p), Some(d)) = (refresher, self.get(i)) {
-                let props = super::replay::without_headers(&d.properties, |k| {
-                    k == "x-delivery-count"
-                });
+                let props =
+                    super::replay::without_headers(&d.properties, |k| k == "x-delivery-count");
                 p.publish("", DEAD_LETTER_QUEUE, &d.body, props).await?;
                 tracing::info!(id = %d.id, "refreshed a dead letter near the delivery limit");
                 self.ack(i).await?;

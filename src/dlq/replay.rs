@@ -177,10 +177,7 @@ pub async fn purge(conn: &lapin::Connection, sel: &Selection) -> Result<Summary,
 }
 
 /// Read the selected dead letters and hand every one back.
-pub async fn list(
-    conn: &lapin::Connection,
-    sel: &Selection,
-) -> Result<Vec<DeadLetter>, DlqError> {
+pub async fn list(conn: &lapin::Connection, sel: &Selection) -> Result<Vec<DeadLetter>, DlqError> {
     let publisher = Publisher::open(conn).await?;
     let batch = Batch::read(conn).await?;
     let now = Utc::now();
