@@ -427,7 +427,8 @@ async fn dlq(amqp_url: &str, command: DlqCommand) -> Result<(), String> {
         }
     }
     .await;
-    let _ = conn.close(200, "bye".into()).await;
+    let closing = conn.close(200, "bye".into());
+    let _ = tokio::time::timeout(escalator::dlq::read::CLOSE_TIMEOUT, closing).await;
     result
 }
 

@@ -43,6 +43,9 @@ pub struct DeadLetter {
     pub id: String,
     /// The routing key it was first published under on `escalator.inbound`.
     pub routing_key: String,
+    /// The routing key it carries in the dead-letter queue (kept when the
+    /// copy is refreshed).
+    pub delivery_key: String,
     pub message_id: Option<String>,
     pub org: String,
     pub conversation: String,
@@ -107,10 +110,22 @@ impl DeadLetter {
                     .and_then(|d| meta::get_int(d, "time"))
                     .and_then(|s| DateTime::from_timestamp(s, 0))
             });
-        let routing_key = if m.routing_key.is_empty() {
-            delivery_key.to_string()
-        } else {
+        // Ours, else the broker's record of the key it was published under.
+        let death_key = death
+            .as_ref()
+            .and_then(|d| match d.inner().get("routing-keys")? {
+                AMQPValue::FieldArray(a) => a.as_slice().iter().find_map(|v| match v {
+                    AMQPValue::LongString(s) => {
+                        Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
+                    }
+                    _ => None,
+                }),
+                _ => None,
+            });
+        let routing_key = if !m.routing_key.is_empty() {
             m.routing_key.clone()
+        } else {
+            death_key.unwrap_or_else(|| delivery_key.to_string())
         };
         let message_id = properties
             .message_id()
@@ -124,6 +139,7 @@ impl DeadLetter {
         DeadLetter {
             id,
             routing_key,
+            delivery_key: delivery_key.to_string(),
             message_id,
             org: m.org_id,
             conversation: m.conversation_id,

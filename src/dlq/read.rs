@@ -20,7 +20,7 @@
 //! moves to the tail; its id and contents stay the same.
 use super::{DeadLetter, DlqError};
 use crate::amqp::Publisher;
-use crate::topology::DEAD_LETTER_QUEUE;
+use crate::topology::{DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE};
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
@@ -59,7 +59,7 @@ pub async fn queue_count(conn: &Connection) -> Result<u32, DlqError> {
         )
         .await
         .map_err(|e| missing_or(e))?;
-    let _ = channel.close(200, ShortString::from("bye")).await;
+    close(&channel).await;
     Ok(q.message_count())
 }
 
@@ -152,7 +152,8 @@ impl Batch {
             if worn && let (Some(p), Some(d)) = (refresher, self.get(i)) {
                 let props =
                     super::replay::without_headers(&d.properties, |k| k == "x-delivery-count");
-                p.publish("", DEAD_LETTER_QUEUE, &d.body, props).await?;
+                p.publish(DEAD_LETTER_EXCHANGE, &d.delivery_key, &d.body, props)
+                    .await?;
                 tracing::info!(id = %d.id, "refreshed a dead letter near the delivery limit");
                 self.ack(i).await?;
                 continue;
@@ -166,7 +167,20 @@ impl Batch {
                     .await?;
             }
         }
-        let _ = self.channel.close(200, ShortString::from("bye")).await;
+        close(&self.channel).await;
         Ok(())
     }
 }
+
+/// Close a channel, not waiting forever for the broker's answer (what it
+/// held is already acked or handed back; a close the broker never answers
+/// ends with the connection).
+async fn close(channel: &Channel) {
+    let closing = channel.close(200, ShortString::from("bye"));
+    if tokio::time::timeout(CLOSE_TIMEOUT, closing).await.is_err() {
+        tracing::debug!("channel close not answered in time; the connection close ends it");
+    }
+}
+
+/// Longest wait for the broker to answer a channel or connection close.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
