@@ -58,7 +58,7 @@ pub async fn queue_count(conn: &Connection) -> Result<u32, DlqError> {
             FieldTable::default(),
         )
         .await
-        .map_err(|e| missing_or(e))?;
+        .map_err(missing_or)?;
     close(&channel).await;
     Ok(q.message_count())
 }

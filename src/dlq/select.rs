@@ -32,7 +32,7 @@ impl Selection {
     pub fn matches(&self, d: &DeadLetter, now: DateTime<Utc>) -> bool {
         let eq = |want: &Option<String>, have: &str| want.as_deref().is_none_or(|w| w == have);
         let age = d.age(now);
-        (self.ids.is_empty() || self.ids.iter().any(|i| *i == d.id))
+        (self.ids.is_empty() || self.ids.contains(&d.id))
             && eq(&self.org, &d.org)
             && eq(&self.conversation, &d.conversation)
             && eq(&self.class, &d.error_class)
