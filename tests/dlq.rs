@@ -536,3 +536,16 @@ async fn a_crash_between_confirm_and_ack_loses_nothing() {
     sb.stop().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_queue_says_to_declare_the_topology() {
+    let env = TestEnv::new("dlq-missing").await;
+    let out = cli(&env, &["list"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("does not exist") && stderr.contains("escalator topology"),
+        "{stderr}"
+    );
+    env.cleanup().await;
+}
