@@ -151,13 +151,18 @@ fn ids(letters: &[DeadLetter]) -> Vec<String> {
     letters.iter().map(|d| d.id.clone()).collect()
 }
 
-fn cli(env: &TestEnv, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_escalator"))
+/// Run `escalator dlq ARGS` as an operator would; a command that hangs fails the test.
+async fn cli(env: &TestEnv, args: &[&str]) -> std::process::Output {
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_escalator"))
         .arg("dlq")
         .args(args)
         .env("ESCALATOR_AMQP_URL", &env.settings.amqp_url)
         .env("RUST_LOG", "error")
-        .output()
+        .kill_on_drop(true)
+        .output();
+    tokio::time::timeout(WAIT, run)
+        .await
+        .unwrap_or_else(|_| panic!("escalator dlq {args:?} did not finish within 30 s"))
         .unwrap()
 }
 
@@ -235,7 +240,7 @@ async fn filters_select_exactly_and_listing_changes_nothing() {
     }
 
     // The CLI's table and JSON say the same.
-    let out = cli(&env, &["list", "--class", "permanent", "--json"]);
+    let out = cli(&env, &["list", "--class", "permanent", "--json"]).await;
     assert!(
         out.status.success(),
         "{}",
@@ -244,7 +249,7 @@ async fn filters_select_exactly_and_listing_changes_nothing() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v.as_array().unwrap().len(), 3);
     assert_eq!(v[1]["conversation"], "conv-b");
-    let out = cli(&env, &["list"]);
+    let out = cli(&env, &["list"]).await;
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.starts_with("ID"), "{text}");
     assert!(
@@ -295,7 +300,7 @@ async fn show_redacts_secrets_and_unknown_ids_are_named() {
         .unwrap();
     until_dead(&env, 2).await;
 
-    let out = cli(&env, &["show", "m-secret"]);
+    let out = cli(&env, &["show", "m-secret"]).await;
     assert!(
         out.status.success(),
         "{}",
@@ -316,7 +321,7 @@ async fn show_redacts_secrets_and_unknown_ids_are_named() {
     assert_eq!(shown["headers"]["x-escalator-error-class"], "permanent");
     assert_eq!(shown["summary"]["conversation"], "conv-s");
 
-    let out = cli(&env, &["show", "nope"]);
+    let out = cli(&env, &["show", "nope"]).await;
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no dead letter has the id nope"));
     assert_eq!(env.queue_depth(DEAD_LETTER_QUEUE).await, 2);
@@ -341,7 +346,7 @@ async fn replay_processes_once_and_an_applied_replay_creates_nothing() {
     assert!(sb.sim.zendesk_tickets().is_empty());
 
     // Dry run changes nothing.
-    let out = cli(&env, &["replay", "--conversation", "conv-b", "--dry-run"]);
+    let out = cli(&env, &["replay", "--conversation", "conv-b", "--dry-run"]).await;
     assert!(
         out.status.success(),
         "{}",
@@ -351,11 +356,11 @@ async fn replay_processes_once_and_an_applied_replay_creates_nothing() {
     assert_eq!(ids(&list(&env, &Selection::default()).await), order);
 
     // Replay without a selection refuses.
-    let out = cli(&env, &["replay"]);
+    let out = cli(&env, &["replay"]).await;
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--all"));
 
-    let out = cli(&env, &["replay", "--conversation", "conv-b"]);
+    let out = cli(&env, &["replay", "--conversation", "conv-b"]).await;
     assert!(
         out.status.success(),
         "{}",
@@ -398,7 +403,7 @@ async fn replay_processes_once_and_an_applied_replay_creates_nothing() {
         .await
         .unwrap();
     until_dead(&env, 5).await;
-    let out = cli(&env, &["replay", "m-conv-b"]);
+    let out = cli(&env, &["replay", "m-conv-b"]).await;
     assert!(
         out.status.success(),
         "{}",
@@ -431,7 +436,7 @@ async fn purge_needs_yes_and_removes_only_the_matched() {
     let env = TestEnv::new("dlq-purge").await;
     let sb = env.sandbox().await;
     let order = mixed(&env, &sb).await;
-    let out = cli(&env, &["purge", "--class", "permanent"]);
+    let out = cli(&env, &["purge", "--class", "permanent"]).await;
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--yes"));
     assert_eq!(ids(&list(&env, &Selection::default()).await), order);
@@ -446,7 +451,8 @@ async fn purge_needs_yes_and_removes_only_the_matched() {
             "conv-b",
             "--yes",
         ],
-    );
+    )
+    .await;
     assert!(
         out.status.success(),
         "{}",
@@ -460,7 +466,7 @@ async fn purge_needs_yes_and_removes_only_the_matched() {
     let rest: Vec<_> = order.iter().filter(|i| *i != "m-conv-b").cloned().collect();
     assert_eq!(ids(&list(&env, &Selection::default()).await), rest);
 
-    let out = cli(&env, &["purge", "m-nope", "--yes"]);
+    let out = cli(&env, &["purge", "m-nope", "--yes"]).await;
     assert!(!out.status.success());
     assert_eq!(ids(&list(&env, &Selection::default()).await), rest);
     sb.stop().await;
@@ -540,7 +546,7 @@ async fn a_crash_between_confirm_and_ack_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_queue_says_to_declare_the_topology() {
     let env = TestEnv::new("dlq-missing").await;
-    let out = cli(&env, &["list"]);
+    let out = cli(&env, &["list"]).await;
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
