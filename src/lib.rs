@@ -8,6 +8,7 @@ pub mod contract;
 #[cfg(feature = "tooling")]
 pub mod demo;
 pub mod deployment;
+pub mod dlq;
 pub mod doctor;
 pub mod error;
 pub mod explain;

@@ -2,7 +2,7 @@
 use clap::{Parser, Subcommand};
 use escalator::config::Config;
 use escalator::pipeline::service::Worker;
-use escalator::settings::{AmqpArgs, DoctorArgs, IngressArgs, Settings, ShapeArgs};
+use escalator::settings::{AmqpArgs, DlqArgs, DoctorArgs, IngressArgs, Settings, ShapeArgs};
 #[cfg(feature = "tooling")]
 use escalator::settings::{IngressBenchArgs, LoadArgs, RedisArgs};
 use escalator::topology::Topology;
@@ -110,6 +110,18 @@ enum Command {
         #[arg(long, default_value = "/")]
         vhost: String,
     },
+    /// Read, replay and purge dead letters (escalator.dead-letter), safely while workers run.
+    ///
+    /// Every command reads at most the messages the queue holds when it
+    /// starts and hands back, in their order, all it does not remove. A
+    /// replayed message is removed only after its republish was confirmed.
+    #[command(after_help = ENVIRONMENT_HELP)]
+    Dlq {
+        #[command(flatten)]
+        amqp: AmqpArgs,
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
     /// Measure throughput and latency through RabbitMQ -> worker -> simulator -> Redis -> outbound
     /// (with --ingress: of the webhook ingress, answered after the broker's confirm).
     #[cfg(feature = "tooling")]
@@ -144,6 +156,50 @@ enum Command {
         /// Per-org configuration file (TOML): the same file as the worker's.
         #[arg(long, env = "ESCALATOR_CONFIG", default_value = "escalator.toml")]
         config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// Table of dead letters (age, routing key, org, conversation, class, attempts, reason).
+    List {
+        #[command(flatten)]
+        filter: DlqArgs,
+        /// One JSON array instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One dead letter: properties, headers (x-death too) and body, secrets redacted.
+    Show {
+        /// The id from `dlq list`.
+        id: String,
+    },
+    /// Republish dead letters to escalator.inbound under their original routing
+    /// key and message id, without the failure headers, then remove them.
+    Replay {
+        /// Ids from `dlq list` (with filters: both must match).
+        ids: Vec<String>,
+        #[command(flatten)]
+        filter: DlqArgs,
+        /// Replay every dead letter (needed when no id or filter is given).
+        #[arg(long)]
+        all: bool,
+        /// Say what would be replayed, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Remove dead letters for good (only with --yes).
+    Purge {
+        /// Ids from `dlq list` (with filters: both must match).
+        ids: Vec<String>,
+        #[command(flatten)]
+        filter: DlqArgs,
+        /// Purge every dead letter (needed when no id or filter is given).
+        #[arg(long)]
+        all: bool,
+        /// Really remove them.
+        #[arg(long)]
+        yes: bool,
     },
 }
 
@@ -271,6 +327,7 @@ async fn run(command: Command) -> Result<(), String> {
             );
             Ok(())
         }
+        Command::Dlq { amqp, command } => dlq(&amqp.amqp_url, command).await,
         #[cfg(feature = "tooling")]
         Command::Bench {
             amqp,
@@ -340,6 +397,108 @@ fn run_doctor(args: DoctorArgs, config: PathBuf) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn selection(ids: Vec<String>, f: DlqArgs) -> Result<escalator::dlq::select::Selection, String> {
+    use escalator::dlq::select::parse_duration;
+    Ok(escalator::dlq::select::Selection {
+        ids,
+        org: f.org,
+        conversation: f.conversation,
+        class: f.class,
+        routing_key: f.routing_key,
+        older_than: f.older_than.as_deref().map(parse_duration).transpose()?,
+        newer_than: f.newer_than.as_deref().map(parse_duration).transpose()?,
+    })
+}
+
+/// Replay and purge act on everything only when told `--all`.
+fn require_scope(
+    sel: &escalator::dlq::select::Selection,
+    all: bool,
+    verb: &str,
+) -> Result<(), String> {
+    if !sel.is_narrowed() && !all {
+        return Err(format!(
+            "nothing selected: give ids or filters (see `escalator dlq {verb} --help`), or --all to {verb} every dead letter"
+        ));
+    }
+    Ok(())
+}
+
+async fn dlq(amqp_url: &str, command: DlqCommand) -> Result<(), String> {
+    use escalator::dlq::{replay, table};
+    use std::io::IsTerminal;
+    if let DlqCommand::Purge { yes: false, .. } = &command {
+        return Err(
+            "purge removes dead letters for good: add --yes to do it (run `escalator dlq list` with the same filters to see what it would remove)".into(),
+        );
+    }
+    let conn = escalator::dlq::connect(amqp_url)
+        .await
+        .map_err(|e| e.to_string())?;
+    let now = chrono::Utc::now();
+    let result: Result<(), String> = async {
+        match command {
+            DlqCommand::List { filter, json } => {
+                let sel = selection(vec![], filter)?;
+                let letters = replay::list(&conn, &sel).await.map_err(|e| e.to_string())?;
+                if json {
+                    let v: Vec<_> = letters.iter().map(|d| table::summary_json(d, now)).collect();
+                    println!("{}", serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?);
+                } else {
+                    print!("{}", table::render(&letters.iter().collect::<Vec<_>>(), now));
+                    eprintln!("{} dead letter(s)", letters.len());
+                }
+                Ok(())
+            }
+            DlqCommand::Show { id } => {
+                let sel = selection(vec![id.clone()], DlqArgs::default())?;
+                let letters = replay::list(&conn, &sel).await.map_err(|e| e.to_string())?;
+                if letters.is_empty() {
+                    return Err(escalator::dlq::DlqError::UnknownId(id).to_string());
+                }
+                for d in &letters {
+                    let v = table::show(d, now);
+                    println!("{}", serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?);
+                }
+                Ok(())
+            }
+            DlqCommand::Replay { ids, filter, all, dry_run } => {
+                let sel = selection(ids, filter)?;
+                require_scope(&sel, all, "replay")?;
+                let opts = replay::ReplayOptions {
+                    dry_run,
+                    progress: std::io::stderr().is_terminal(),
+                    crash_after_confirms: None,
+                };
+                let s = replay::replay(&conn, &sel, &opts).await.map_err(|e| e.to_string())?;
+                for id in &s.ids {
+                    println!("{} {id}", if dry_run { "would replay" } else { "replayed" });
+                }
+                if dry_run {
+                    println!("dry run: {} of {} dead letter(s) would be replayed", s.matched, s.read);
+                } else {
+                    println!("replayed {} of {} dead letter(s) to escalator.inbound; {} left in the queue", s.done, s.read, s.read - s.done);
+                }
+                Ok(())
+            }
+            DlqCommand::Purge { ids, filter, all, .. } => {
+                let sel = selection(ids, filter)?;
+                require_scope(&sel, all, "purge")?;
+                let s = replay::purge(&conn, &sel).await.map_err(|e| e.to_string())?;
+                for id in &s.ids {
+                    println!("purged {id}");
+                }
+                println!("purged {} of {} dead letter(s); {} left in the queue", s.done, s.read, s.read - s.done);
+                Ok(())
+            }
+        }
+    }
+    .await;
+    let closing = conn.close(200, "bye".into());
+    let _ = tokio::time::timeout(escalator::dlq::read::CLOSE_TIMEOUT, closing).await;
+    result
 }
 
 async fn declare(conn: &lapin::Connection, topology: &Topology) -> Result<(), String> {

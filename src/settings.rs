@@ -117,6 +117,30 @@ pub struct ShapeArgs {
     pub delivery_limit: u32,
 }
 
+/// Which dead letters a `dlq` command applies to (all given filters must match).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct DlqArgs {
+    /// Only dead letters of this org (`x-escalator-org-id`).
+    #[arg(long)]
+    pub org: Option<String>,
+    /// Only dead letters of this conversation.
+    #[arg(long)]
+    pub conversation: Option<String>,
+    /// Only this error class: permanent, transient, invalid, or broker
+    /// (dead-lettered by RabbitMQ, e.g. past the delivery limit).
+    #[arg(long)]
+    pub class: Option<String>,
+    /// Only this original routing key (e.g. escalation.requested).
+    #[arg(long)]
+    pub routing_key: Option<String>,
+    /// Only dead letters at least this old (30s, 10m, 2h, 3d).
+    #[arg(long)]
+    pub older_than: Option<String>,
+    /// Only dead letters at most this old (30s, 10m, 2h, 3d).
+    #[arg(long)]
+    pub newer_than: Option<String>,
+}
+
 /// How hard the benchmark pushes: `bench`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LoadArgs {
