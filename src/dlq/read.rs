@@ -145,6 +145,7 @@ impl Batch {
                 BasicCancelOptions::default(),
             )
             .await?;
+        let mut returned: u32 = 0;
         for i in 0..self.items.len() {
             let worn = self
                 .get(i)
@@ -165,10 +166,46 @@ impl Batch {
                         ..Default::default()
                     })
                     .await?;
+                returned += 1;
             }
         }
+        self.until_back(returned).await;
         close(&self.channel).await;
         Ok(())
+    }
+
+    /// Wait (briefly) until the broker counts the `returned` messages as
+    /// ready again: returns are asynchronous, and the next command counts
+    /// the queue at its start, so it must not see them still in flight.
+    async fn until_back(&self, returned: u32) {
+        if returned == 0 {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + CLOSE_TIMEOUT;
+        loop {
+            let ready = self
+                .channel
+                .queue_declare(
+                    ShortString::from(DEAD_LETTER_QUEUE),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .map(|q| q.message_count());
+            match ready {
+                Ok(n) if n >= returned => return,
+                Ok(_) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                _ => {
+                    tracing::debug!("returned dead letters not counted as ready yet");
+                    return;
+                }
+            }
+        }
     }
 }
 
