@@ -46,28 +46,6 @@ async fn channel(env: &TestEnv) -> (lapin::Connection, lapin::Channel) {
     (conn, ch)
 }
 
-async fn until_done(env: &TestEnv, conv: &str, message_id: &str) {
-    let store = env.store().await;
-    let mut c = store.connection();
-    let key = format!("{}:done:{message_id}", conv_key(env, conv));
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let exists: bool = redis::cmd("EXISTS")
-            .arg(&key)
-            .query_async(&mut c)
-            .await
-            .unwrap();
-        if exists {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{message_id} never done"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn assert_worker_dead_letter(letter: &DeadLetter, id: &str, reason_has: &str) {
     let h = &letter.headers;
     assert_eq!(letter.message_id.as_deref(), Some(id));
@@ -157,7 +135,7 @@ async fn an_unroutable_outbound_event_is_dead_lettered() {
     )
     .await
     .unwrap();
-    until_done(&env, "conv-unroutable-0", "unroutable-0").await;
+    until_done(&env, ORG, "conv-unroutable-0", "unroutable-0").await;
     // No widget listens and the outbound exchange's alternate exchange has
     // no queue any more: the event cannot be routed.
     let (conn, ch) = channel(&env).await;
@@ -206,7 +184,7 @@ async fn a_closed_publisher_channel_rebuilds_the_session() {
     )
     .await
     .unwrap();
-    until_done(&env, "conv-channel-1", "channel-1").await;
+    until_done(&env, ORG, "conv-channel-1", "channel-1").await;
     assert_eq!(sb.sim.zendesk_tickets().len(), 1, "one ticket");
     // The new session publishes.
     let mut widget = sb.listen(&format!("{ORG}.#")).await.unwrap();

@@ -118,31 +118,9 @@ fn all_ok(statuses: &[u16]) {
     );
 }
 
-/// Wait until the worker has handled the webhook event `event_id` of `conv`
-/// (its dedupe marker is written after its outbound events are confirmed).
+/// Wait until the worker has handled the webhook event `event_id` of `conv`.
 async fn until_handled(env: &TestEnv, conv: &str, event_id: &str) {
-    let store = env.store().await;
-    let mut c = store.connection();
-    let key = format!(
-        "{}:conv:{{{ORG}:{conv}}}:done:zendesk-event:{event_id}",
-        env.settings.key_prefix
-    );
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let exists: bool = redis::cmd("EXISTS")
-            .arg(&key)
-            .query_async(&mut c)
-            .await
-            .unwrap();
-        if exists {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "webhook event {event_id} not handled within 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_done(env, ORG, conv, &format!("zendesk-event:{event_id}")).await;
 }
 
 /// Nothing more for `conv` is on the widget's queue (call after the

@@ -398,6 +398,33 @@ pub fn customer_message(org: &str, conv: &str, id: &str, text: &str) -> Value {
     })
 }
 
+/// Wait until the worker has handled inbound message `dedupe_id` of `conv`
+/// (its dedupe marker is written after its outbound events are confirmed).
+pub async fn until_done(env: &TestEnv, org: &str, conv: &str, dedupe_id: &str) {
+    let store = env.store().await;
+    let mut c = store.connection();
+    let key = format!(
+        "{}:conv:{{{org}:{conv}}}:done:{dedupe_id}",
+        env.settings.key_prefix
+    );
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let exists: bool = redis::cmd("EXISTS")
+            .arg(&key)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        if exists {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{dedupe_id} of {conv} not handled within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Wait until `check` holds, re-checking whenever the simulator answers a request.
 pub async fn until_sim<F: FnMut() -> bool>(sim: &SimHandle, mut check: F) {
     let mut rx = sim.subscribe();
