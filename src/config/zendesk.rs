@@ -45,7 +45,7 @@ impl ZendeskConfig {
     }
 
     /// Where an agent opens a ticket (always the real Zendesk host).
-    pub fn agent_ticket_url(&self, ticket_id: u64) -> String {
+    pub fn agent_ticket_url(&self, ticket_id: impl std::fmt::Display) -> String {
         format!(
             "https://{}.zendesk.com/agent/tickets/{ticket_id}",
             self.subdomain

@@ -282,10 +282,7 @@ pub async fn on_zendesk_webhook(
             .config
             .org(&rec.org_id)
             .and_then(|o| o.zendesk())
-            .map(|z| match ticket.parse::<u64>() {
-                Ok(id) => z.agent_ticket_url(id),
-                Err(_) => format!("https://{}.zendesk.com/agent/tickets/{ticket}", z.subdomain),
-            })
+            .map(|z| z.agent_ticket_url(ticket))
             .unwrap_or_default();
         if live.learn_ticket(TicketRef {
             id: ticket.to_string(),

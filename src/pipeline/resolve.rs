@@ -110,8 +110,7 @@ pub async fn zendesk(
             }
         }
     }
-    let unparsed = evs.is_empty();
-    if unparsed {
+    if evs.is_empty() {
         counters.ignored.fetch_add(1, Ordering::Relaxed);
         metrics::webhook_event("ignored");
         tracing::debug!("webhook body carries no event this version knows: ignored");
