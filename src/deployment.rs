@@ -139,7 +139,7 @@ pub fn record_key(prefix: &str) -> String {
 /// Write the shape once (first process of the key prefix), then refuse
 /// another one.
 pub async fn check_record(
-    conn: &mut redis::aio::ConnectionManager,
+    conn: &mut crate::store::RedisConnection,
     prefix: &str,
     shards: u16,
     delivery_limit: u32,
@@ -181,7 +181,7 @@ pub async fn check_record(
 /// count is never recorded).
 pub async fn check_worker(
     amqp: &Connection,
-    redis: &mut redis::aio::ConnectionManager,
+    redis: &mut crate::store::RedisConnection,
     prefix: &str,
     shards: u16,
     delivery_limit: u32,

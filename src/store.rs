@@ -104,10 +104,15 @@ pub enum Admission {
     Busy,
 }
 
+/// The Redis connection every module uses (a clonable handle that
+/// reconnects by itself). One name, so the connection kind can change in
+/// one place.
+pub type RedisConnection = ConnectionManager;
+
 /// Handle to the state store. Cheap to clone; reconnects by itself.
 #[derive(Clone)]
 pub struct Store {
-    conn: ConnectionManager,
+    conn: RedisConnection,
     prefix: String,
     ttl_secs: i64,
 }
@@ -405,7 +410,7 @@ impl Store {
     }
 
     /// A raw connection for modules that keep their own keys (token cache).
-    pub fn connection(&self) -> ConnectionManager {
+    pub fn connection(&self) -> RedisConnection {
         self.conn.clone()
     }
 

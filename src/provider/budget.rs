@@ -10,7 +10,7 @@
 //! busy org's backlog never holds the worker's concurrency slots that other
 //! orgs need.
 use crate::error::{ProviderError, ProviderErrorKind};
-use redis::aio::ConnectionManager;
+use crate::store::RedisConnection;
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -37,7 +37,7 @@ static TAKE_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::ne
 
 pub struct RateBudget {
     provider: &'static str,
-    conn: ConnectionManager,
+    conn: RedisConnection,
     key: String,
     interval_us: u64,
     tolerance_us: u64,
@@ -47,7 +47,7 @@ impl RateBudget {
     /// `per_minute` requests per minute, in bursts of up to a tenth of that.
     pub fn per_minute(
         provider: &'static str,
-        conn: ConnectionManager,
+        conn: RedisConnection,
         key: String,
         per_minute: u32,
     ) -> RateBudget {

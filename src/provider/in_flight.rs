@@ -15,7 +15,7 @@ use crate::contract::ProviderKind;
 use crate::error::{ProviderError, ProviderErrorKind};
 use crate::store::Store;
 use chrono::{DateTime, Utc};
-use redis::aio::ConnectionManager;
+use crate::store::RedisConnection;
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -85,7 +85,7 @@ pub enum Gate {
 
 /// The send markers of one provider.
 pub struct SendMarkers {
-    conn: ConnectionManager,
+    conn: RedisConnection,
     prefix: String,
     provider: &'static str,
     settle: Duration,

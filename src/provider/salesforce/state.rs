@@ -8,7 +8,7 @@
 use super::errors::PROVIDER;
 use crate::error::{ProviderError, ProviderErrorKind};
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
+use crate::store::RedisConnection;
 use std::time::Duration;
 
 /// How long the marker is kept: longer than any in-process or broker retry,
@@ -24,7 +24,7 @@ pub(super) enum CaseMarker {
 }
 
 pub(super) struct Markers {
-    conn: ConnectionManager,
+    conn: RedisConnection,
     prefix: String,
     org_id: String,
 }
@@ -38,7 +38,7 @@ fn redis_error(e: &redis::RedisError) -> ProviderError {
 }
 
 impl Markers {
-    pub fn new(conn: ConnectionManager, prefix: &str, org_id: &str) -> Self {
+    pub fn new(conn: RedisConnection, prefix: &str, org_id: &str) -> Self {
         Markers {
             conn,
             prefix: prefix.to_string(),

@@ -22,7 +22,7 @@ use crate::error::{ProviderError, ProviderErrorKind};
 use crate::provider::http::{retry_after, transport_error};
 use crate::secret::Secret;
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
+use crate::store::RedisConnection;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -95,7 +95,7 @@ pub(super) struct TokenSource {
     client_id: String,
     client_secret: Secret,
     basic: bool,
-    conn: ConnectionManager,
+    conn: RedisConnection,
     key: String,
     lock_key: String,
     local: tokio::sync::Mutex<()>,
@@ -130,7 +130,7 @@ impl TokenSource {
         http: reqwest::Client,
         org_id: &str,
         config: &SalesforceConfig,
-        conn: ConnectionManager,
+        conn: RedisConnection,
         prefix: &str,
     ) -> Self {
         // The key names the login endpoint and client too: after a config
