@@ -14,6 +14,11 @@ pub enum InboundKind {
     CustomerEnded,
     WebhookZendesk,
     WebhookSunshine,
+    /// Internal: an event of a Salesforce messaging stream, forwarded by the
+    /// stream reader straight to the conversation's shard. Not part of the
+    /// producers' contract (not in [`InboundKind::ALL`]); the intake router
+    /// refuses it on `escalator.inbound`.
+    SalesforceStream,
 }
 
 impl InboundKind {
@@ -34,11 +39,20 @@ impl InboundKind {
             InboundKind::CustomerEnded => "customer.ended",
             InboundKind::WebhookZendesk => "webhook.zendesk",
             InboundKind::WebhookSunshine => "webhook.sunshine",
+            InboundKind::SalesforceStream => "salesforce.stream",
         }
     }
 
     pub fn from_routing_key(key: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|k| k.routing_key() == key)
+        Self::ALL
+            .into_iter()
+            .chain([InboundKind::SalesforceStream])
+            .find(|k| k.routing_key() == key)
+    }
+
+    /// Made by the escalator itself, never by producers.
+    pub fn is_internal(self) -> bool {
+        self == InboundKind::SalesforceStream
     }
 
     /// The schema file in `schemas/` for this event's body.
@@ -50,6 +64,8 @@ impl InboundKind {
             InboundKind::CustomerEnded => "inbound/customer.ended.json",
             InboundKind::WebhookZendesk => "inbound/webhook.zendesk.json",
             InboundKind::WebhookSunshine => "inbound/webhook.sunshine.json",
+            // Never validated: the intake router refuses it before.
+            InboundKind::SalesforceStream => "internal/salesforce.stream.json",
         }
     }
 }
@@ -63,6 +79,7 @@ pub enum InboundEvent {
     CustomerEnded(CustomerEnded),
     WebhookZendesk(Webhook),
     WebhookSunshine(Webhook),
+    SalesforceStream(SalesforceStreamEvent),
 }
 
 impl InboundEvent {
@@ -76,6 +93,7 @@ impl InboundEvent {
             InboundKind::CustomerEnded => Self::CustomerEnded(serde_json::from_slice(body)?),
             InboundKind::WebhookZendesk => Self::WebhookZendesk(serde_json::from_slice(body)?),
             InboundKind::WebhookSunshine => Self::WebhookSunshine(serde_json::from_slice(body)?),
+            InboundKind::SalesforceStream => Self::SalesforceStream(serde_json::from_slice(body)?),
         })
     }
 
@@ -87,6 +105,7 @@ impl InboundEvent {
             Self::CustomerEnded(_) => InboundKind::CustomerEnded,
             Self::WebhookZendesk(_) => InboundKind::WebhookZendesk,
             Self::WebhookSunshine(_) => InboundKind::WebhookSunshine,
+            Self::SalesforceStream(_) => InboundKind::SalesforceStream,
         }
     }
 
@@ -97,6 +116,7 @@ impl InboundEvent {
             Self::CustomerTyping(e) => &e.org_id,
             Self::CustomerEnded(e) => &e.org_id,
             Self::WebhookZendesk(e) | Self::WebhookSunshine(e) => &e.org_id,
+            Self::SalesforceStream(e) => &e.org_id,
         }
     }
 
@@ -109,7 +129,47 @@ impl InboundEvent {
             Self::CustomerTyping(e) => Some(&e.conversation_id),
             Self::CustomerEnded(e) => Some(&e.conversation_id),
             Self::WebhookZendesk(_) | Self::WebhookSunshine(_) => None,
+            Self::SalesforceStream(e) => Some(&e.conversation_id),
         }
+    }
+}
+
+/// What the Salesforce stream reader hands to a conversation's lane
+/// (`salesforce.stream`, internal).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct SalesforceStreamEvent {
+    pub org_id: String,
+    pub conversation_id: String,
+    pub received_at: DateTime<Utc>,
+    #[serde(flatten)]
+    pub what: StreamWhat,
+}
+
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum StreamWhat {
+    /// A conversation entry as the stream (or the entries list) gave it.
+    Entry {
+        event_type: String,
+        entry: serde_json::Value,
+    },
+    /// The messaging session cannot be reached any more (its token could
+    /// not be renewed): the conversation falls back to a Case.
+    SessionLost { reason: String },
+}
+
+impl std::fmt::Debug for SalesforceStreamEvent {
+    // No entry content (message text, names): this reaches logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = match &self.what {
+            StreamWhat::Entry { event_type, .. } => event_type.as_str(),
+            StreamWhat::SessionLost { .. } => "session_lost",
+        };
+        f.debug_struct("SalesforceStreamEvent")
+            .field("org_id", &self.org_id)
+            .field("conversation_id", &self.conversation_id)
+            .field("what", &what)
+            .finish_non_exhaustive()
     }
 }
 
@@ -467,9 +527,12 @@ pub fn failure_sentence(failed_event: &str, provider: ProviderKind, cause: &str)
         Some(InboundKind::CustomerTyping | InboundKind::CustomerEnded) => {
             "The update could not be passed on to the support team".to_string()
         }
-        Some(InboundKind::WebhookZendesk | InboundKind::WebhookSunshine) | None => {
-            "An update from the support system could not be processed".to_string()
-        }
+        Some(
+            InboundKind::WebhookZendesk
+            | InboundKind::WebhookSunshine
+            | InboundKind::SalesforceStream,
+        )
+        | None => "An update from the support system could not be processed".to_string(),
     };
     format!("{what}: {cause}")
 }

@@ -241,6 +241,10 @@ pub enum InfraError {
         conversation_id: String,
         waited_ms: u64,
     },
+    /// A live conversation's event stream did not connect in time (no AMQP
+    /// session yet, or the provider's stream endpoint is unreachable).
+    #[error("the conversation's event stream did not connect in time")]
+    StreamNotConnected,
 }
 
 /// What clears an [`InfraError`].
@@ -267,9 +271,10 @@ impl InfraError {
                 Recovery::DeadLetter
             }
             InfraError::Redis(e) if e.code() == Some("WRONGTYPE") => Recovery::DeadLetter,
-            InfraError::Redis(_) | InfraError::PublishNacked(_) | InfraError::LeaseBusy { .. } => {
-                Recovery::Wait
-            }
+            InfraError::Redis(_)
+            | InfraError::PublishNacked(_)
+            | InfraError::LeaseBusy { .. }
+            | InfraError::StreamNotConnected => Recovery::Wait,
             InfraError::Amqp(_)
             | InfraError::ConfirmTimeout { .. }
             | InfraError::ConnectionLost => Recovery::RebuildSession,

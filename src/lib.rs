@@ -16,6 +16,7 @@ pub mod health;
 pub mod ingress;
 pub mod live_index;
 pub mod live_state;
+pub mod live_stream;
 pub mod observability;
 pub mod pipeline;
 pub mod provider;

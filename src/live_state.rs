@@ -75,6 +75,8 @@ pub enum AgentSignal {
     },
     Typing(bool),
     Closed(ClosedBy),
+    /// The conversation's place in the agents' queue.
+    QueuePosition(u32),
 }
 
 impl std::fmt::Debug for AgentSignal {
@@ -86,6 +88,7 @@ impl std::fmt::Debug for AgentSignal {
             AgentSignal::Unassigned { .. } => "Unassigned",
             AgentSignal::Typing(_) => "Typing",
             AgentSignal::Closed(_) => "Closed",
+            AgentSignal::QueuePosition(_) => "QueuePosition",
         })
     }
 }
@@ -137,6 +140,13 @@ impl LiveState {
                 })
             }
             AgentSignal::Typing(typing) => OutboundPayload::AgentTyping(AgentTyping { typing }),
+            // Only while waiting: once an agent has it, a position means nothing.
+            AgentSignal::QueuePosition(_) if self.phase != LivePhase::Queued => return Vec::new(),
+            AgentSignal::QueuePosition(position) => {
+                OutboundPayload::EscalationQueued(crate::contract::EscalationQueued {
+                    position: Some(position),
+                })
+            }
             AgentSignal::Assigned { agent, at } => {
                 if stale(&at, &self.assignment_at) {
                     return Vec::new();

@@ -24,6 +24,7 @@ const CUSTOMER_TYPING: &str = include_str!("../schemas/inbound/customer.typing.j
 const CUSTOMER_ENDED: &str = include_str!("../schemas/inbound/customer.ended.json");
 const WEBHOOK_ZENDESK: &str = include_str!("../schemas/inbound/webhook.zendesk.json");
 const WEBHOOK_SUNSHINE: &str = include_str!("../schemas/inbound/webhook.sunshine.json");
+const SALESFORCE_STREAM: &str = include_str!("../schemas/internal/salesforce.stream.json");
 const OUTBOUND_EVENT: &str = include_str!("../schemas/outbound/event.json");
 
 /// The schema file of outbound events, relative to `schemas/`.
@@ -130,6 +131,7 @@ impl Schemas {
             InboundKind::CustomerEnded => CUSTOMER_ENDED,
             InboundKind::WebhookZendesk => WEBHOOK_ZENDESK,
             InboundKind::WebhookSunshine => WEBHOOK_SUNSHINE,
+            InboundKind::SalesforceStream => SALESFORCE_STREAM,
         }
     }
 
@@ -298,6 +300,8 @@ fn inbound_index(kind: InboundKind) -> usize {
         InboundKind::CustomerEnded => 3,
         InboundKind::WebhookZendesk => 4,
         InboundKind::WebhookSunshine => 5,
+        // Internal: no inbound validator (the intake router refuses it).
+        InboundKind::SalesforceStream => usize::MAX,
     }
 }
 

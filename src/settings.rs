@@ -82,6 +82,19 @@ pub struct Settings {
     /// (0.0.0.0:9464 in a container; `off` serves none).
     #[arg(long, env = METRICS_LISTEN_ENV, default_value = DEFAULT_METRICS_LISTEN)]
     pub metrics_listen: String,
+    /// Live Salesforce chats one worker may stream at once (each holds a
+    /// connection; the open-file limit is raised to fit, or the worker
+    /// refuses to start saying how to raise it).
+    #[arg(long, env = "ESCALATOR_MAX_STREAMS", default_value_t = 10_000)]
+    pub max_streams: usize,
+    /// A Salesforce messaging stream silent this long (not even a ping) is
+    /// taken for dead and reconnected.
+    #[arg(long, env = "ESCALATOR_STREAM_SILENCE_MS", default_value_t = 90_000)]
+    pub stream_silence_ms: u64,
+    /// A worker whose stream heartbeat is older than this is taken for dead:
+    /// another takes its streams over (within this plus a quarter of it).
+    #[arg(long, env = "ESCALATOR_STREAM_OWNER_TTL_MS", default_value_t = 9_000)]
+    pub stream_owner_ttl_ms: u64,
 }
 
 /// Where the worker's metrics and probes listen by default (Prometheus
@@ -337,6 +350,16 @@ impl Settings {
 
     pub fn confirm_timeout(&self) -> Duration {
         Duration::from_millis(self.confirm_timeout_ms)
+    }
+
+    /// The stream machinery's tunables.
+    pub fn stream_settings(&self) -> crate::live_stream::StreamSettings {
+        crate::live_stream::StreamSettings {
+            silence: Duration::from_millis(self.stream_silence_ms.max(1_000)),
+            owner_ttl: Duration::from_millis(self.stream_owner_ttl_ms.max(1_000)),
+            connect_timeout: Duration::from_millis(self.http_timeout_ms.max(1_000)),
+            shards: self.shards,
+        }
     }
 
     /// A parked head this long past its due time is taken to be lost (the

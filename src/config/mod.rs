@@ -12,11 +12,13 @@
 //!
 //! Every problem is reported at start-up, naming the org, the field and the fix.
 mod salesforce;
+mod salesforce_live;
 mod toml_error;
 mod zendesk;
 mod zendesk_live;
 
 pub use salesforce::{SalesforceConfig, SalesforceIdempotency};
+pub use salesforce_live::SalesforceLiveConfig;
 pub use toml_error::TomlProblem;
 pub use zendesk::ZendeskConfig;
 pub use zendesk_live::{Availability, ZendeskLiveConfig};

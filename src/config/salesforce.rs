@@ -46,6 +46,9 @@ pub struct SalesforceConfig {
     /// Send client credentials as HTTP Basic instead of in the form body.
     #[serde(default)]
     pub token_auth_basic: bool,
+    /// Live chat (Messaging for In-App and Web): `[orgs.X.salesforce.live]`.
+    #[serde(default)]
+    pub live: Option<super::SalesforceLiveConfig>,
 }
 
 fn default_api_version() -> String {

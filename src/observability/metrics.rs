@@ -26,6 +26,9 @@ pub const API_USAGE: &str = "escalator_salesforce_api_usage_ratio";
 pub const OUTBOUND_RETURNED: &str = "escalator_outbound_unrouted_total";
 pub const INGRESS_REQUESTS: &str = "escalator_ingress_requests_total";
 pub const INGRESS_REQUEST_DURATION: &str = "escalator_ingress_request_duration_seconds";
+pub const STREAMS_OPEN: &str = "escalator_streams_open";
+pub const STREAM_CONNECTS: &str = "escalator_stream_connects_total";
+pub const MESSAGING_TOKEN_RENEWALS: &str = "escalator_messaging_token_renewals_total";
 
 /// Histogram buckets (seconds): provider calls and messages take from a few
 /// milliseconds to the HTTP timeout (15 s) and, with in-process retries, more.
@@ -79,6 +82,18 @@ pub fn render() -> String {
 
 fn describe() {
     use ::metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_gauge!(
+        STREAMS_OPEN,
+        "Salesforce messaging event streams this process holds (one per live conversation it owns)"
+    );
+    describe_counter!(
+        STREAM_CONNECTS,
+        "Salesforce messaging event stream connections made (first connects and reconnects)"
+    );
+    describe_counter!(
+        MESSAGING_TOKEN_RENEWALS,
+        "Salesforce messaging access token renewals, by result (renewed, failed)"
+    );
     describe_counter!(
         MESSAGES,
         "Work-queue messages finished, by inbound type and outcome (done, duplicate, parked, dead_lettered, rejected)"
@@ -212,6 +227,21 @@ pub fn lanes(delta: f64) {
 
 pub fn token_refresh(org: &str) {
     ::metrics::counter!(TOKEN_REFRESHES, "org" => org.to_string()).increment(1);
+}
+
+/// A Salesforce messaging stream reader started (+1) or ended (-1).
+pub fn streams_open(delta: i64) {
+    ::metrics::gauge!(STREAMS_OPEN).increment(delta as f64);
+}
+
+/// A messaging stream (re)connected.
+pub fn stream_connect() {
+    ::metrics::counter!(STREAM_CONNECTS).increment(1);
+}
+
+/// A messaging access token renewal, `result` `renewed` or `failed`.
+pub fn messaging_token_renewal(result: &'static str) {
+    ::metrics::counter!(MESSAGING_TOKEN_RENEWALS, "result" => result).increment(1);
 }
 
 /// `Sforce-Limit-Info: api-usage=USED/MAX`.

@@ -190,6 +190,9 @@ async fn run(
         InboundEvent::WebhookZendesk(w) => {
             live::on_zendesk_webhook(ctx, w, m.provider_event, begin.record.as_ref()).await
         }
+        InboundEvent::SalesforceStream(ev) => {
+            live::on_salesforce_stream(ctx, ev, begin.record.as_ref()).await
+        }
         InboundEvent::WebhookSunshine(_) => Err(ProcessError::Rejected(
             "Sunshine webhooks are not handled by this version (the Zendesk webhook carries the agent's replies)".into(),
         )),
@@ -364,7 +367,7 @@ fn widget_failure(
                 FailureCode::ConfigurationError,
                 "this organisation is not set up for escalations; an administrator needs to check it.".to_string(),
             ),
-            Some(InboundKind::WebhookZendesk) => (
+            Some(InboundKind::WebhookZendesk | InboundKind::SalesforceStream) => (
                 FailureCode::ProviderError,
                 "the update could not be read, or live chat is no longer set up for it.".to_string(),
             ),
@@ -405,10 +408,21 @@ fn rejected_cause(p: &crate::error::ProviderError, name: &str) -> String {
 /// with the identical event (same id, seq and time).
 fn event_cause<'a>(message_id: &'a str, event: &OutboundPayload) -> &'a str {
     match event {
+        // A live chat that fell back to a Case half-way: a second
+        // `escalation.created` of the conversation, with a seq of its own.
+        OutboundPayload::EscalationCreated(c)
+            if c.mode == crate::contract::Mode::Ticket
+                && message_id.starts_with(super::live::STREAM_DEDUPE_PREFIX) =>
+        {
+            FALLBACK_CAUSE
+        }
         OutboundPayload::EscalationCreated(_) => CONVERSATION_CAUSE,
         _ => message_id,
     }
 }
+
+/// Cause of the `escalation.created` of a Case made after a live chat started.
+pub const FALLBACK_CAUSE: &str = "#fallback";
 
 /// Cause of the events that belong to the conversation (see [`event_cause`]).
 pub const CONVERSATION_CAUSE: &str = "#conversation";

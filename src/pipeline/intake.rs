@@ -55,6 +55,11 @@ pub fn route(
             InboundKind::ALL.map(|k| k.routing_key()).join(", ")
         ));
     };
+    if kind.is_internal() {
+        return reject(format!(
+            "`{routing_key}` is made by the escalator itself: producers cannot publish it on the inbound exchange"
+        ));
+    }
     let doc = match schema::parse_document(body) {
         Ok(doc) => doc,
         Err(e) => return reject(format!("body is not JSON ({})", e.classify_name())),

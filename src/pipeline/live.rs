@@ -9,11 +9,12 @@ use crate::config::OrgConfig;
 use crate::contract::{
     ClosedBy, CustomerEnded, CustomerMessage, CustomerTyping, EscalationQueued,
     EscalationRequested, ExternalKind, FallbackReason, Mode, OutboundPayload, ProviderKind,
-    TicketRef, Webhook,
+    SalesforceStreamEvent, StreamWhat, TicketRef, Webhook,
 };
 use crate::error::{ProcessError, ProviderError};
 use crate::live_index::{IdKind, LiveIndex, correlation_tag};
 use crate::live_state::{AgentRef, AgentSignal, LiveState};
+use crate::provider::live::miaw::{ConversationEntry, EntryKind, RoutingStatus, SenderRole};
 use crate::provider::live::{
     Availability, HandoverJournal, HandoverRequest, LiveChatProvider, LiveSession,
 };
@@ -79,6 +80,7 @@ pub async fn escalate(
         org,
         escalation: e,
         correlation_tag: &tag,
+        streams: Some(&ctx.streams),
     };
     let session = match provider.hand_over(req, &journal).await {
         Ok(session) => session,
@@ -216,11 +218,257 @@ pub async fn customer_ended(
         })
         .await;
     result?;
+    stop_stream(ctx, rec).await?;
     Ok(apply(
         rec,
         live.clone(),
         AgentSignal::Closed(ClosedBy::Customer),
     ))
+}
+
+/// Dedupe ids of what the Salesforce stream reader forwards start with this.
+pub const STREAM_DEDUPE_PREFIX: &str = crate::live_stream::DEDUPE_PREFIX;
+
+/// A live Salesforce conversation ended or fell back: nobody streams it any more.
+async fn stop_stream(ctx: &Context, rec: &ConversationRecord) -> Result<(), ProcessError> {
+    if rec.provider == ProviderKind::Salesforce {
+        ctx.streams.close(&rec.org_id, &rec.conversation_id).await?;
+    }
+    Ok(())
+}
+
+/// An event of a Salesforce messaging stream (the reader forwarded it to
+/// this conversation's lane).
+pub async fn on_salesforce_stream(
+    ctx: &Context,
+    ev: &SalesforceStreamEvent,
+    existing: Option<&ConversationRecord>,
+) -> Result<Effect, ProcessError> {
+    let Some(rec) = existing.filter(|r| r.live.is_some() && r.provider == ProviderKind::Salesforce)
+    else {
+        tracing::debug!(
+            "stream event for a conversation that is not a live Salesforce chat: ignored"
+        );
+        return Ok(Effect::default());
+    };
+    let (live, provider) = live_of(ctx, rec)?;
+    if live.is_ended() {
+        tracing::debug!("the live chat has ended: stream event ignored");
+        return Ok(Effect::default());
+    }
+    let entry = match &ev.what {
+        StreamWhat::SessionLost { .. } => {
+            return fall_back_to_case(ctx, rec, live, FallbackReason::HandoverFailed).await;
+        }
+        StreamWhat::Entry { entry, .. } => {
+            serde_json::from_value::<ConversationEntry>(entry.clone())
+                .map_err(|e| ProcessError::Rejected(format!("unreadable stream entry: {e}")))?
+        }
+    };
+    let at = entry
+        .transcripted_at_ms
+        .and_then(chrono::DateTime::from_timestamp_millis);
+    let agent_side = matches!(entry.sender_role, SenderRole::Agent | SenderRole::Chatbot);
+    let mut signals = Vec::new();
+    match &entry.kind {
+        EntryKind::Message { text, .. } if agent_side => signals.push(AgentSignal::Message {
+            text: text.clone(),
+            display_name: entry.sender_display_name.clone(),
+        }),
+        EntryKind::ParticipantChanged(changes) => {
+            for change in changes.iter().filter(|c| c.role == SenderRole::Agent) {
+                let id = change
+                    .subject
+                    .clone()
+                    .or_else(|| change.display_name.clone())
+                    .unwrap_or_else(|| GENERIC_AGENT_NAME.to_string());
+                if change.added {
+                    signals.push(AgentSignal::Assigned {
+                        agent: AgentRef {
+                            id,
+                            display_name: change
+                                .display_name
+                                .clone()
+                                .unwrap_or_else(|| GENERIC_AGENT_NAME.to_string()),
+                        },
+                        at,
+                    });
+                    continue;
+                }
+                // An agent left: a transfer, or nobody has the chat any more?
+                match routing_status(ctx, rec, provider.as_ref()).await? {
+                    RoutingStatus::Transfer => {
+                        tracing::info!("the agent is transferring the chat: it stays live");
+                    }
+                    RoutingStatus::NeedsRouting => {
+                        tracing::info!(
+                            "the agent left and nobody else has the chat: creating a Case"
+                        );
+                        return fall_back_to_case(ctx, rec, live, FallbackReason::NoAgentOnline)
+                            .await;
+                    }
+                    _ => signals.push(AgentSignal::Unassigned {
+                        at,
+                        previous: Some(id),
+                    }),
+                }
+            }
+        }
+        EntryKind::RoutingResult { failed: true, .. } if live.agent.is_none() => {
+            tracing::info!("routing to an agent failed: creating a Case");
+            return fall_back_to_case(ctx, rec, live, FallbackReason::NoAgentOnline).await;
+        }
+        EntryKind::Typing(typing) if agent_side => signals.push(AgentSignal::Typing(*typing)),
+        EntryKind::SessionStatus {
+            ended: true,
+            ended_by,
+            ..
+        } => signals.push(AgentSignal::Closed(match ended_by {
+            Some(SenderRole::EndUser) => ClosedBy::Customer,
+            Some(SenderRole::Agent | SenderRole::Supervisor) => ClosedBy::Agent,
+            _ => ClosedBy::System,
+        })),
+        EntryKind::CloseConversation => signals.push(AgentSignal::Closed(ClosedBy::System)),
+        EntryKind::QueuePosition(n) => signals.push(AgentSignal::QueuePosition(*n)),
+        other => tracing::debug!(kind = entry_kind_name(other), "stream entry with no effect"),
+    }
+    let mut live = live.clone();
+    let mut events = Vec::new();
+    for signal in signals {
+        events.extend(live.apply(signal));
+    }
+    if live.is_ended() {
+        stop_stream(ctx, rec).await?;
+    }
+    Ok(finish(rec, live, events))
+}
+
+fn entry_kind_name(k: &EntryKind) -> &'static str {
+    match k {
+        EntryKind::Message { .. } => "message",
+        EntryKind::ParticipantChanged(_) => "participant_changed",
+        EntryKind::RoutingResult { .. } => "routing_result",
+        EntryKind::Typing(_) => "typing",
+        EntryKind::SessionStatus { .. } => "session_status",
+        EntryKind::CloseConversation => "close_conversation",
+        EntryKind::QueuePosition(_) => "queue_position",
+        EntryKind::Other(_) => "other",
+    }
+}
+
+async fn routing_status(
+    ctx: &Context,
+    rec: &ConversationRecord,
+    _provider: &dyn LiveChatProvider,
+) -> Result<RoutingStatus, ProcessError> {
+    let client = ctx.providers.miaw(&rec.org_id).ok_or_else(|| {
+        ProcessError::Rejected("Salesforce live chat is no longer set up for the org".into())
+    })?;
+    let sessions = ctx.streams.sessions();
+    let token = sessions
+        .token(&rec.org_id, &rec.conversation_id)
+        .await?
+        .ok_or_else(|| ProcessError::Rejected("no messaging session is stored".into()))?;
+    let conversation = uuid::Uuid::parse_str(&rec.external.id).map_err(|_| {
+        ProcessError::Rejected("the messaging conversation id is not a UUID".into())
+    })?;
+    let (status, _) = ctx
+        .retry
+        .run("ask the conversation's routing status", || {
+            client.routing_status(&token, &conversation)
+        })
+        .await;
+    Ok(status?)
+}
+
+/// No agent will take the chat any more (routing failed, the last agent
+/// left with nobody to take over, the session was lost): a Case with the
+/// whole conversation, the messaging conversation closed, the stream stopped.
+async fn fall_back_to_case(
+    ctx: &Context,
+    rec: &ConversationRecord,
+    live: &LiveState,
+    reason: FallbackReason,
+) -> Result<Effect, ProcessError> {
+    let org = ctx
+        .config
+        .org(&rec.org_id)
+        .ok_or_else(|| ProcessError::Rejected(format!("unknown org {}", rec.org_id)))?;
+    let sessions = ctx.streams.sessions();
+    let Some(mut escalation) = sessions
+        .escalation(&rec.org_id, &rec.conversation_id)
+        .await?
+    else {
+        return Err(ProcessError::Rejected(
+            "the escalation behind this live chat is no longer stored: no Case can be made".into(),
+        ));
+    };
+    let client = ctx.providers.miaw(&rec.org_id);
+    let token = sessions.token(&rec.org_id, &rec.conversation_id).await?;
+    let conversation = uuid::Uuid::parse_str(&live.session.conversation_id).ok();
+    if let (Some(client), Some(token), Some(conversation)) = (&client, &token, conversation) {
+        // The live part of the conversation goes into the Case too (best effort).
+        match client.entries(token, &conversation, None).await {
+            Ok(entries) => append_live_transcript(&mut escalation, &conversation, &entries),
+            Err(e) => {
+                tracing::info!(error = %e, "the live part of the chat could not be read for the Case")
+            }
+        }
+        if let Err(e) = client.close(token, &conversation).await {
+            tracing::info!(error = %e, "the messaging conversation could not be closed");
+        }
+    }
+    stop_stream(ctx, rec).await?;
+    effects::open_ticket(
+        ctx,
+        &escalation,
+        org,
+        ProviderKind::Salesforce,
+        Some(reason),
+    )
+    .await
+}
+
+/// The customer's and the agents' messages of the live chat, after the AI
+/// transcript (our own transcript copies are left out).
+fn append_live_transcript(
+    e: &mut EscalationRequested,
+    conversation: &uuid::Uuid,
+    entries: &[ConversationEntry],
+) {
+    use crate::contract::{Role, TranscriptEntry};
+    let ours: Vec<String> = (0..8)
+        .map(|i| {
+            crate::provider::live::salesforce::SalesforceLive::message_id(
+                conversation,
+                &format!("transcript:{i}"),
+            )
+            .to_string()
+        })
+        .collect();
+    for entry in entries {
+        let EntryKind::Message { text, message_id } = &entry.kind else {
+            continue;
+        };
+        if message_id.as_ref().is_some_and(|m| ours.contains(m)) {
+            continue;
+        }
+        let role = match entry.sender_role {
+            SenderRole::EndUser => Role::Customer,
+            SenderRole::Agent | SenderRole::Supervisor => Role::Agent,
+            SenderRole::Chatbot => Role::Ai,
+            _ => continue,
+        };
+        let sent_at = entry
+            .transcripted_at_ms
+            .and_then(chrono::DateTime::from_timestamp_millis)
+            .unwrap_or_else(Utc::now);
+        e.transcript.push(TranscriptEntry {
+            role,
+            text: text.clone(),
+            sent_at,
+        });
+    }
 }
 
 /// The record with `live` after `signal`, and the events it caused.

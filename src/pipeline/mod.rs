@@ -50,4 +50,6 @@ pub struct Context {
     pub lanes: shard::LaneGauge,
     /// Webhook events the intake router resolved or ignored.
     pub webhooks: resolve::WebhookCounters,
+    /// The Salesforce messaging streams this worker holds.
+    pub streams: crate::live_stream::Streams,
 }

@@ -81,6 +81,16 @@ impl Worker {
             .await
             .map_err(StartError::Topology)?;
         let _ = conn.close(200, ShortString::from("checked")).await;
+        if providers.any_miaw() {
+            raise_open_file_limit(settings.max_streams)?;
+        }
+        let instance_id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+        let streams = crate::live_stream::Streams::new(
+            &instance_id,
+            settings.stream_settings(),
+            &store,
+            providers.clone(),
+        );
         let ctx = Context {
             retry: RetryPolicy::from_settings(&settings),
             settings,
@@ -88,7 +98,8 @@ impl Worker {
             schemas,
             store,
             providers,
-            instance_id: uuid::Uuid::new_v4().simple().to_string()[..12].to_string(),
+            instance_id,
+            streams,
             standby_delay: Duration::from_secs(2),
             lanes: Default::default(),
             webhooks: Default::default(),
@@ -204,6 +215,15 @@ impl Worker {
         keeper.keep(&channel);
         keeper.keep(publisher.channel());
         let intake = intake::run(ctx, &conn, &keeper, session.clone());
+        let stream_publisher = Publisher::open(&conn)
+            .await?
+            .with_confirm_timeout(ctx.settings.confirm_timeout());
+        keeper.keep(stream_publisher.channel());
+        let streams = tokio::spawn(crate::live_stream::supervisor::run(
+            ctx.streams.clone(),
+            stream_publisher,
+            session.clone(),
+        ));
         let shards = shard::run(
             ctx.clone(),
             &conn,
@@ -220,9 +240,35 @@ impl Worker {
             r = &mut intake => { self.readiness.set_consuming(false); session.cancel(); let r2 = shards.await; r.and(r2) }
             r = &mut shards => { self.readiness.set_consuming(false); session.cancel(); let r2 = intake.await; r.and(r2) }
         };
+        session.cancel();
+        if let Err(e) = streams.await {
+            tracing::warn!(error = %e, "the stream supervisor ended abnormally");
+        }
         membership::leave(&ctx.store, &ctx.instance_id, ctx.settings.shards).await;
         // The kept channels are dropped after this, with the connection closed.
         let _ = conn.close(200, ShortString::from("bye")).await;
         result
+    }
+}
+
+/// Each live Salesforce conversation holds a connection: raise the soft
+/// open-file limit to the hard one, and refuse to start when even that is
+/// too low for `ESCALATOR_MAX_STREAMS`.
+fn raise_open_file_limit(max_streams: usize) -> Result<(), StartError> {
+    let needed = max_streams as u64 + 1024;
+    match rlimit::increase_nofile_limit(needed) {
+        Ok(got) if got >= needed => {
+            tracing::debug!(open_files = got, "open-file limit");
+            Ok(())
+        }
+        Ok(got) => Err(StartError::Setup(format!(
+            "the open-file limit is {got}, but ESCALATOR_MAX_STREAMS={max_streams} live chats need at least {needed}: \
+             raise it (`ulimit -n {needed}` in the shell, LimitNOFILE={needed} in a systemd unit, \
+             the container runtime's nofile ulimit) or lower ESCALATOR_MAX_STREAMS"
+        ))),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read or raise the open-file limit");
+            Ok(())
+        }
     }
 }

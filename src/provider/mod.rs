@@ -74,6 +74,8 @@ pub struct HttpSettings {
 pub struct OrgProviders {
     tickets: HashMap<ProviderKind, Arc<dyn TicketProvider>>,
     live: HashMap<ProviderKind, Arc<dyn live::LiveChatProvider>>,
+    /// The Salesforce messaging client (its stream reader needs it directly).
+    miaw: Option<live::miaw::MiawClient>,
 }
 
 /// The providers of every configured org, built once at start.
@@ -131,6 +133,20 @@ impl Providers {
                     store.clone(),
                 )),
             );
+            if let Some(l) = s.live.as_ref().filter(|l| l.enabled && org.live_chat) {
+                let miaw = live::miaw::MiawClient::new(client.clone(), l);
+                bundle.live.insert(
+                    ProviderKind::Salesforce,
+                    Arc::new(live::salesforce::SalesforceLive::new(
+                        miaw.clone(),
+                        &org.org_id,
+                        s,
+                        l.clone(),
+                        store,
+                    )),
+                );
+                bundle.miaw = Some(miaw);
+            }
         }
         bundle
     }
@@ -160,5 +176,15 @@ impl Providers {
     /// and switched on for both.
     pub fn live(&self, org: &str, kind: ProviderKind) -> Option<Arc<dyn live::LiveChatProvider>> {
         self.orgs.get(org).and_then(|b| b.live.get(&kind)).cloned()
+    }
+
+    /// The Salesforce messaging client of `org`, when its live chat is on.
+    pub fn miaw(&self, org: &str) -> Option<live::miaw::MiawClient> {
+        self.orgs.get(org).and_then(|b| b.miaw.clone())
+    }
+
+    /// Whether any org streams Salesforce messaging events.
+    pub fn any_miaw(&self) -> bool {
+        self.orgs.values().any(|b| b.miaw.is_some())
     }
 }

@@ -10,6 +10,8 @@
 //! marks a step as attempted before its call, so that a resumed hand-over
 //! looks up (instead of repeating) a step whose answer was lost.
 pub mod availability;
+pub mod miaw;
+pub mod salesforce;
 pub mod sunshine;
 pub mod zendesk;
 
@@ -27,13 +29,33 @@ pub enum Availability {
 }
 
 /// What a hand-over needs.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct HandoverRequest<'a> {
     pub org: &'a OrgConfig,
     pub escalation: &'a EscalationRequested,
     /// A ticket tag that names this conversation (ticket events carry no
     /// conversation id; the tag comes back in their `detail.tags`).
     pub correlation_tag: &'a str,
+    /// Opens the conversation's event stream (providers whose agent events
+    /// come over a stream: Salesforce).
+    pub streams: Option<&'a dyn StreamOpener>,
+}
+
+impl std::fmt::Debug for HandoverRequest<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HandoverRequest")
+            .field("org", &self.org.org_id)
+            .field("conversation_id", &self.escalation.conversation_id)
+            .field("streams", &self.streams.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Opens a live conversation's event stream on this worker and waits until
+/// it is connected.
+#[async_trait::async_trait]
+pub trait StreamOpener: Send + Sync {
+    async fn open(&self, org_id: &str, conversation_id: &str) -> Result<(), InfraError>;
 }
 
 /// The live conversation at the provider, as the record keeps it.
