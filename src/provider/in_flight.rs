@@ -13,9 +13,9 @@
 //! only once the latest send can no longer land.
 use crate::contract::ProviderKind;
 use crate::error::{ProviderError, ProviderErrorKind};
+use crate::store::RedisConnection;
 use crate::store::Store;
 use chrono::{DateTime, Utc};
-use crate::store::RedisConnection;
 use std::sync::LazyLock;
 use std::time::Duration;
 

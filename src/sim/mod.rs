@@ -20,6 +20,8 @@
 mod control;
 mod faults;
 mod live;
+mod miaw;
+mod miaw_stream;
 mod net;
 mod salesforce;
 mod state;
@@ -43,9 +45,9 @@ use tokio_util::sync::CancellationToken;
 
 pub use live::{SimLiveError, webhook_signature};
 pub use types::{
-    FaultRule, RecordedRequest, SimAgent, SimAudit, SimCase, SimComment, SimSchedule, SimSettings,
-    SimSfRecord, SimSunshineConversation, SimSunshineMessage, SimSunshineUser, SimTicket,
-    SimWebhookDelivery, WebhookTarget,
+    FaultRule, RecordedRequest, SimAgent, SimAudit, SimCase, SimComment, SimMiawConversation,
+    SimMiawEntry, SimSchedule, SimSettings, SimSfRecord, SimSunshineConversation,
+    SimSunshineMessage, SimSunshineUser, SimTicket, SimWebhookDelivery, WebhookTarget,
 };
 
 use faults::ActiveFault;
@@ -428,6 +430,20 @@ async fn entry(
     request: Request,
 ) -> Response {
     let (parts, body) = request.into_parts();
+    if parts.method == axum::http::Method::GET && miaw_stream::is_sse(parts.uri.path()) {
+        let req = Req {
+            method: parts.method,
+            path: parts.uri.path().to_owned(),
+            query: parts.uri.query().map(str::to_owned),
+            headers: parts.headers,
+            body: axum::body::Bytes::new(),
+        };
+        let (response, dropped) = miaw_stream::connect(shared, req).await;
+        if dropped {
+            conn.kill.trip();
+        }
+        return response;
+    }
     let body = match axum::body::to_bytes(body, MAX_BODY).await {
         Ok(b) => b,
         Err(_) => return SimResponse::text(413, "Request body too large").into_response(),
@@ -441,6 +457,9 @@ async fn entry(
     };
     if req.path.starts_with("/_sim/zendesk/live/") {
         return live::control(&shared, &req).await.into_response();
+    }
+    if req.path.starts_with("/_sim/salesforce/miaw/") {
+        return miaw::control(&shared, &req).into_response();
     }
     if req.path == "/_sim" || req.path.starts_with("/_sim/") {
         return control::handle(&shared, &req).into_response();
@@ -525,6 +544,8 @@ fn dispatch(shared: &Shared, req: &Req) -> SimResponse {
         }
     } else if req.path.starts_with("/services/") {
         salesforce::handle(shared, &mut st.sf, req)
+    } else if req.path.starts_with("/iamessage/") || req.path.starts_with("/embeddedservice/") {
+        miaw::handle(&mut st, req)
     } else if req.path.starts_with("/sc/") {
         sunshine::handle(shared, &mut st, req)
     } else {

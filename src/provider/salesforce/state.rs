@@ -7,8 +7,8 @@
 //! up before creating it again.
 use super::errors::PROVIDER;
 use crate::error::{ProviderError, ProviderErrorKind};
-use redis::AsyncCommands;
 use crate::store::RedisConnection;
+use redis::AsyncCommands;
 use std::time::Duration;
 
 /// How long the marker is kept: longer than any in-process or broker retry,
