@@ -325,6 +325,7 @@ async fn token_conversation_and_rest_answers() {
         .unwrap();
     assert_eq!(r.status(), 404);
     assert_eq!(sim.miaw_token_counts(), (3, 1));
+    sim.miaw_drop_streams(None);
     sim.shutdown().await;
 }
 
@@ -359,6 +360,7 @@ async fn session_end_417_and_rate_limit_429() {
         .parse()
         .unwrap();
     assert!((1..=60).contains(&after));
+    sim.miaw_drop_streams(None);
     sim.shutdown().await;
 }
 
@@ -494,6 +496,7 @@ async fn sse_framing_replay_pings_and_expiry() {
         ]
     );
     common_until(|| sim.miaw_streams_open() == 0).await;
+    sim.miaw_drop_streams(None);
     sim.shutdown().await;
 }
 
@@ -522,6 +525,7 @@ async fn token_lifetime_ends_the_stream() {
     assert_eq!(e.data, "Jwt is expired");
     assert!(next(&mut s).await.is_none());
     assert_eq!(sse(&sim, &c, &tok, None).await.status(), 401);
+    sim.miaw_drop_streams(None);
     sim.shutdown().await;
 }
 
@@ -619,6 +623,7 @@ async fn routing_failure_transfer_and_silence() {
             .iter()
             .any(|r| r.path.starts_with("/eventrouter/v1/sse") && r.status == 503 && r.faulted)
     );
+    sim.miaw_drop_streams(None);
     sim.shutdown().await;
 }
 
@@ -755,5 +760,26 @@ async fn control_api_over_http() {
         .await
         .unwrap();
     assert_eq!(v["token_requests"], 1);
+    sim.miaw_drop_streams(None);
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn many_streams_and_gone_clients_are_cleaned_up() {
+    let (sim, c) = setup().await;
+    sim.miaw_ping_interval(Duration::from_millis(100));
+    let mut streams = Vec::new();
+    for _ in 0..200 {
+        let tok = token(&sim, &c).await["accessToken"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let r = sse(&sim, &c, &tok, None).await;
+        assert_eq!(r.status(), 200);
+        streams.push(r);
+    }
+    assert_eq!(sim.miaw_streams_open(), 200);
+    drop(streams);
+    common_until(|| sim.miaw_streams_open() == 0).await;
     sim.shutdown().await;
 }

@@ -12,6 +12,10 @@
 //! `/_sim/zendesk/live/...` and reported to a configured receiver as real
 //! Zendesk webhook deliveries (`live`, `webhooks`).
 //!
+//! Salesforce Enhanced Chat (MIAW): `/iamessage/api/v2/...`, business hours
+//! and the SSE stream `/eventrouter/v1/sse` (`miaw`, `miaw_stream`); the
+//! agent's side through [`SimHandle`] `miaw_*` or `/_sim/salesforce/miaw/...`.
+//!
 //! Set-up reads (`escalator doctor`): Zendesk `users/me`, groups, the
 //! Webhooks API and triggers describe the account as the admin guide sets
 //! it up, aimed at the webhook target (`zendesk_admin`); Salesforce answers
