@@ -1028,3 +1028,24 @@ impl SimHandle {
         self.shared.lock().miaw.business_hours_open = open;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uuid_v4_check_is_strict() {
+        assert!(is_uuid_v4("0f8fad5b-d9cb-469f-a165-70867728950e"));
+        assert!(!is_uuid_v4("0F8FAD5B-D9CB-469F-A165-70867728950E"));
+        assert!(!is_uuid_v4("0f8fad5b-d9cb-169f-a165-70867728950e"));
+        assert!(!is_uuid_v4("0f8fad5b-d9cb-469f-c165-70867728950e"));
+        assert!(!is_uuid_v4("0f8fad5bd9cb469fa16570867728950e"));
+    }
+
+    #[test]
+    fn org_id_forms() {
+        assert!(org_ok("00DSIM000000001"));
+        assert!(org_ok("00DSIM000000001AAA"));
+        assert!(!org_ok("00DSIM000000002"));
+    }
+}
