@@ -325,7 +325,6 @@ async fn token_conversation_and_rest_answers() {
         .unwrap();
     assert_eq!(r.status(), 404);
     assert_eq!(sim.miaw_token_counts(), (3, 1));
-    sim.miaw_drop_streams(None);
     sim.shutdown().await;
 }
 
@@ -360,7 +359,6 @@ async fn session_end_417_and_rate_limit_429() {
         .parse()
         .unwrap();
     assert!((1..=60).contains(&after));
-    sim.miaw_drop_streams(None);
     sim.shutdown().await;
 }
 
@@ -496,7 +494,6 @@ async fn sse_framing_replay_pings_and_expiry() {
         ]
     );
     common_until(|| sim.miaw_streams_open() == 0).await;
-    sim.miaw_drop_streams(None);
     sim.shutdown().await;
 }
 
@@ -525,7 +522,6 @@ async fn token_lifetime_ends_the_stream() {
     assert_eq!(e.data, "Jwt is expired");
     assert!(next(&mut s).await.is_none());
     assert_eq!(sse(&sim, &c, &tok, None).await.status(), 401);
-    sim.miaw_drop_streams(None);
     sim.shutdown().await;
 }
 
@@ -623,7 +619,6 @@ async fn routing_failure_transfer_and_silence() {
             .iter()
             .any(|r| r.path.starts_with("/eventrouter/v1/sse") && r.status == 503 && r.faulted)
     );
-    sim.miaw_drop_streams(None);
     sim.shutdown().await;
 }
 
@@ -760,7 +755,6 @@ async fn control_api_over_http() {
         .await
         .unwrap();
     assert_eq!(v["token_requests"], 1);
-    sim.miaw_drop_streams(None);
     sim.shutdown().await;
 }
 

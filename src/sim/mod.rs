@@ -373,6 +373,8 @@ impl SimHandle {
     /// Stops accepting connections and waits (up to 5 s) for in-flight requests.
     pub async fn shutdown(self) {
         self.server.stop.cancel();
+        // Open MIAW streams end now instead of holding the graceful shutdown.
+        self.shared.lock().miaw.drop_streams(None);
         let task = self
             .server
             .task
