@@ -12,6 +12,10 @@
 //! `/_sim/zendesk/live/...` and reported to a configured receiver as real
 //! Zendesk webhook deliveries (`live`, `webhooks`).
 //!
+//! Salesforce Enhanced Chat (MIAW): `/iamessage/api/v2/...`, business hours
+//! and the SSE stream `/eventrouter/v1/sse` (`miaw`, `miaw_stream`); the
+//! agent's side through [`SimHandle`] `miaw_*` or `/_sim/salesforce/miaw/...`.
+//!
 //! Set-up reads (`escalator doctor`): Zendesk `users/me`, groups, the
 //! Webhooks API and triggers describe the account as the admin guide sets
 //! it up, aimed at the webhook target (`zendesk_admin`); Salesforce answers
@@ -20,6 +24,8 @@
 mod control;
 mod faults;
 mod live;
+mod miaw;
+mod miaw_stream;
 mod net;
 mod salesforce;
 mod state;
@@ -43,9 +49,9 @@ use tokio_util::sync::CancellationToken;
 
 pub use live::{SimLiveError, webhook_signature};
 pub use types::{
-    FaultRule, RecordedRequest, SimAgent, SimAudit, SimCase, SimComment, SimSchedule, SimSettings,
-    SimSfRecord, SimSunshineConversation, SimSunshineMessage, SimSunshineUser, SimTicket,
-    SimWebhookDelivery, WebhookTarget,
+    FaultRule, RecordedRequest, SimAgent, SimAudit, SimCase, SimComment, SimMiawConversation,
+    SimMiawEntry, SimSchedule, SimSettings, SimSfRecord, SimSunshineConversation,
+    SimSunshineMessage, SimSunshineUser, SimTicket, SimWebhookDelivery, WebhookTarget,
 };
 
 use faults::ActiveFault;
@@ -367,6 +373,8 @@ impl SimHandle {
     /// Stops accepting connections and waits (up to 5 s) for in-flight requests.
     pub async fn shutdown(self) {
         self.server.stop.cancel();
+        // Open MIAW streams end now instead of holding the graceful shutdown.
+        self.shared.lock().miaw.drop_streams(None);
         let task = self
             .server
             .task
@@ -428,6 +436,20 @@ async fn entry(
     request: Request,
 ) -> Response {
     let (parts, body) = request.into_parts();
+    if parts.method == axum::http::Method::GET && miaw_stream::is_sse(parts.uri.path()) {
+        let req = Req {
+            method: parts.method,
+            path: parts.uri.path().to_owned(),
+            query: parts.uri.query().map(str::to_owned),
+            headers: parts.headers,
+            body: axum::body::Bytes::new(),
+        };
+        let (response, dropped) = miaw_stream::connect(shared, req).await;
+        if dropped {
+            conn.kill.trip();
+        }
+        return response;
+    }
     let body = match axum::body::to_bytes(body, MAX_BODY).await {
         Ok(b) => b,
         Err(_) => return SimResponse::text(413, "Request body too large").into_response(),
@@ -441,6 +463,9 @@ async fn entry(
     };
     if req.path.starts_with("/_sim/zendesk/live/") {
         return live::control(&shared, &req).await.into_response();
+    }
+    if req.path.starts_with("/_sim/salesforce/miaw/") {
+        return miaw::control(&shared, &req).into_response();
     }
     if req.path == "/_sim" || req.path.starts_with("/_sim/") {
         return control::handle(&shared, &req).into_response();
@@ -525,6 +550,8 @@ fn dispatch(shared: &Shared, req: &Req) -> SimResponse {
         }
     } else if req.path.starts_with("/services/") {
         salesforce::handle(shared, &mut st.sf, req)
+    } else if req.path.starts_with("/iamessage/") || req.path.starts_with("/embeddedservice/") {
+        miaw::handle(&mut st, req)
     } else if req.path.starts_with("/sc/") {
         sunshine::handle(shared, &mut st, req)
     } else {

@@ -10,6 +10,7 @@ use tokio::sync::broadcast;
 
 use super::faults::ActiveFault;
 use super::live::LiveState;
+use super::miaw::MiawState;
 use super::salesforce::SalesforceState;
 use super::sunshine::SunshineState;
 use super::types::{RecordedRequest, SimSettings};
@@ -121,6 +122,7 @@ pub(crate) struct State {
     pub(crate) sf: SalesforceState,
     pub(crate) sun: SunshineState,
     pub(crate) live: LiveState,
+    pub(crate) miaw: MiawState,
 }
 
 impl State {
@@ -133,6 +135,7 @@ impl State {
             sf: SalesforceState::new(),
             sun: SunshineState::new(),
             live: LiveState::new(),
+            miaw: MiawState::new(),
         }
     }
 }

@@ -335,3 +335,41 @@ impl SimSchedule {
         }
     }
 }
+
+/// One entry of a simulated MIAW conversation.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SimMiawEntry {
+    pub identifier: String,
+    /// Sender role: EndUser, Agent, System, Router.
+    pub role: String,
+    /// entryType: Message, ParticipantChanged, RoutingResult, ...
+    pub kind: String,
+    /// The text of a Message.
+    pub text: Option<String>,
+    /// The message id of a Message.
+    pub message_id: Option<String>,
+    pub transcripted_timestamp: i64,
+}
+
+/// A simulated MIAW conversation and its subject's stream counters.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SimMiawConversation {
+    pub id: String,
+    /// The token subject that created it.
+    pub subject: String,
+    /// INITIAL | ROUTED | NEEDS_ROUTING | TRANSFER
+    pub routing_status: String,
+    pub routing_attributes: serde_json::Value,
+    pub closed: bool,
+    pub session_active: bool,
+    pub entries: Vec<SimMiawEntry>,
+    /// Customer messages accepted, in order: (message id, text).
+    pub customer_messages: Vec<(String, String)>,
+    /// Typing entries posted by the client (entryType), in order.
+    pub typing: Vec<String>,
+    pub streams_open: usize,
+    pub max_concurrent_streams: usize,
+    pub connects: usize,
+    /// The Last-Event-Id of each connect (None: header absent).
+    pub connect_last_event_ids: Vec<Option<String>>,
+}
