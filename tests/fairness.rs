@@ -152,7 +152,7 @@ async fn a_slow_org_does_not_starve_another() {
 /// Keep `member` fresh in the fleet's membership, as a worker that
 /// announces itself but never consumes would.
 fn keep_member_fresh(env: &TestEnv, member: &str) -> tokio::task::JoinHandle<()> {
-    let key = format!("{}:workers", env.settings.key_prefix);
+    let key = format!("{}:{{fleet}}:workers", env.settings.key_prefix);
     let url = env.settings.redis_url.clone();
     let member = member.to_string();
     tokio::spawn(async move {

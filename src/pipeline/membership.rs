@@ -1,7 +1,7 @@
 //! Who is in the fleet, and who consumes which shard. Workers announce
-//! themselves in a Redis sorted set (`P:workers`, score = last heartbeat) and
+//! themselves in a Redis sorted set (`P:{fleet}:workers`, score = last heartbeat) and
 //! record, per shard, that they hold an open subscription to it
-//! (`P:shard:{NN}:subscribers`, same scores). Scores are the Redis server's
+//! (`P:{fleet}:shard:NN:subscribers`, same scores). Scores are the Redis server's
 //! clock (`TIME` inside the scripts), so a worker whose own clock is off
 //! neither looks dead nor stays alive forever.
 //!
@@ -20,11 +20,11 @@ pub const HEARTBEAT: Duration = Duration::from_secs(5);
 const LIVE_FOR_MS: u64 = 15_000;
 
 fn workers_key(prefix: &str) -> String {
-    format!("{prefix}:workers")
+    format!("{prefix}:{{fleet}}:workers")
 }
 
 fn subscribers_key(prefix: &str, shard: u16) -> String {
-    format!("{prefix}:shard:{shard:02}:subscribers")
+    format!("{prefix}:{{fleet}}:shard:{shard:02}:subscribers")
 }
 
 /// KEYS[1] = workers, KEYS[2..] = subscriber sets of the shards `ARGV[1]`
