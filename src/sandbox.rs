@@ -54,6 +54,15 @@ client_id = "sim-client-id"
 client_secret = "sim-client-secret"
 origin = "Chat"
 priority = "Medium"
+
+[orgs.{SALESFORCE_ORG}.salesforce.live]
+org_id = "00DSIM000000001"
+developer_name = "Sim_Messaging"
+scrt_url = "{sim_url}"
+
+[orgs.{SALESFORCE_ORG}.salesforce.live.prechat]
+_firstName = "customer.name"
+_email = "customer.email"
 "#
     )
 }

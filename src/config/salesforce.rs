@@ -135,6 +135,9 @@ impl SalesforceConfig {
                 "must be the API name of a custom External ID field, ending in __c".to_string(),
             ));
         }
+        if let Some(live) = self.live.as_mut() {
+            problems.extend(live.validate());
+        }
         problems
     }
 }

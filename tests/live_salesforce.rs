@@ -1,0 +1,359 @@
+//! End to end on the Salesforce live path (Messaging for In-App and Web):
+//! an escalation with mode `live` starts a messaging conversation at the
+//! simulator, the agent's side comes back over its server-sent-event stream,
+//! and everything the widget hears is checked in order. Real RabbitMQ and
+//! Redis throughout; the simulator plays Salesforce over HTTP.
+mod common;
+
+use common::*;
+use escalator::contract::{
+    ClosedBy, ExternalKind, FallbackReason, Mode, OutboundEvent, OutboundPayload,
+};
+use escalator::sandbox::{Listener, SALESFORCE_ORG, Sandbox};
+use escalator::sim::{SimHandle, SimMiawConversation};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+const ORG: &str = SALESFORCE_ORG;
+
+fn live_escalation(conv: &str) -> Value {
+    let mut body = escalation(ORG, conv);
+    body["mode"] = json!("live");
+    body
+}
+
+/// The simulator's messaging conversation behind `external_id`.
+fn miaw(sim: &SimHandle, id: &str) -> SimMiawConversation {
+    sim.miaw_conversations()
+        .into_iter()
+        .find(|c| c.id == id)
+        .unwrap_or_else(|| panic!("no messaging conversation {id}"))
+}
+
+async fn sandbox(env: &TestEnv, silence_ms: u64) -> Sandbox {
+    let mut settings = env.settings.clone();
+    settings.stream_silence_ms = silence_ms;
+    settings.stream_owner_ttl_ms = 4_000;
+    env.sandbox_with(settings, escalator::sandbox::sandbox_config)
+        .await
+}
+
+/// Escalate `conv` live: `escalation.created` (live), then `escalation.queued`;
+/// returns the messaging conversation id once its stream is open.
+async fn hand_over(
+    sb: &Sandbox,
+    widget: &mut Listener,
+    conv: &str,
+) -> (String, Vec<OutboundEvent>) {
+    sb.publish(
+        "escalation.requested",
+        &format!("{conv}-esc"),
+        &live_escalation(conv),
+    )
+    .await
+    .unwrap();
+    let created_event = next_event(widget, conv).await;
+    let c = created(&created_event).clone();
+    assert_eq!(c.mode, Mode::Live, "{created_event:?}");
+    assert_eq!(c.external_kind, ExternalKind::SalesforceMessaging);
+    assert!(c.fallback_reason.is_none());
+    let queued = next_event(widget, conv).await;
+    assert!(
+        matches!(queued.payload, OutboundPayload::EscalationQueued(_)),
+        "{queued:?}"
+    );
+    (c.external_id, vec![created_event, queued])
+}
+
+/// The next event of `conv`, skipping queue-position updates.
+async fn next_non_queued(widget: &mut Listener, conv: &str) -> OutboundEvent {
+    loop {
+        let e = next_event(widget, conv).await;
+        if !matches!(e.payload, OutboundPayload::EscalationQueued(_)) {
+            return e;
+        }
+    }
+}
+
+async fn until<F: FnMut() -> bool>(what: &str, mut check: F) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn agent_text(e: &OutboundEvent) -> &str {
+    match &e.payload {
+        OutboundPayload::AgentMessage(m) => &m.text,
+        other => panic!("expected agent.message, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_salesforce_live_flow_reaches_the_widget_in_order() {
+    let env = TestEnv::new("sf-live-flow").await;
+    let sb = sandbox(&env, 90_000).await;
+    let mut widget = sb.listen(&format!("{ORG}.#")).await.unwrap();
+    let conv = "sf-live-flow";
+    let (id, mut events) = hand_over(&sb, &mut widget, conv).await;
+
+    // One conversation, a lowercase UUID v4, routed with the pre-chat fields;
+    // the transcript reached the agent in one combined message.
+    let c = miaw(&sb.sim, &id);
+    assert_eq!(id, id.to_ascii_lowercase());
+    assert_eq!(uuid::Uuid::parse_str(&id).unwrap().get_version_num(), 4);
+    assert!(
+        c.routing_attributes.get("_email").is_some(),
+        "{:?}",
+        c.routing_attributes
+    );
+    assert_eq!(c.customer_messages.len(), 1, "one transcript message");
+    assert!(c.customer_messages[0].1.contains("I can't log in"));
+    assert!(c.streams_open >= 1 && c.max_concurrent_streams == 1);
+
+    assert!(sb.sim.miaw_agent_joins(&id, "Alex Agent"));
+    let joined = next_non_queued(&mut widget, conv).await;
+    match &joined.payload {
+        OutboundPayload::AgentJoined(j) => assert_eq!(j.display_name, "Alex Agent"),
+        other => panic!("expected agent.joined, got {other:?}"),
+    }
+    assert!(sb.sim.miaw_agent_typing(&id, true));
+    let typing = next_non_queued(&mut widget, conv).await;
+    assert!(
+        matches!(typing.payload, OutboundPayload::AgentTyping(ref t) if t.typing),
+        "{typing:?}"
+    );
+    sb.sim
+        .miaw_agent_replies(&id, "Hi, I'm Alex. Let me look.")
+        .unwrap();
+    let reply = next_non_queued(&mut widget, conv).await;
+    assert_eq!(agent_text(&reply), "Hi, I'm Alex. Let me look.");
+
+    // The customer answers: it reaches the agent once (a redelivery too).
+    let answer = customer_message(ORG, conv, "m-1", "It says my password is wrong.");
+    sb.publish("customer.message", "sf-live-flow-m1", &answer)
+        .await
+        .unwrap();
+    sb.publish("customer.message", "sf-live-flow-m1", &answer)
+        .await
+        .unwrap();
+    until_done(&env, ORG, conv, "sf-live-flow-m1").await;
+    until("the customer's message at the agent", || {
+        miaw(&sb.sim, &id)
+            .customer_messages
+            .iter()
+            .any(|(_, t)| t == "It says my password is wrong.")
+    })
+    .await;
+
+    assert!(sb.sim.miaw_end_session(&id));
+    let closed = next_non_queued(&mut widget, conv).await;
+    match &closed.payload {
+        OutboundPayload::ConversationClosed(c) => assert_eq!(c.closed_by, ClosedBy::Agent),
+        other => panic!("expected conversation.closed, got {other:?}"),
+    }
+    events.extend([joined, typing, reply, closed]);
+    for pair in events.windows(2) {
+        assert!(pair[1].seq > pair[0].seq, "seqs increase: {events:?}");
+    }
+    // The stream stops with the conversation.
+    until("the stream closed", || miaw(&sb.sim, &id).streams_open == 0).await;
+    let c = miaw(&sb.sim, &id);
+    assert_eq!(
+        c.customer_messages
+            .iter()
+            .filter(|(_, t)| t == "It says my password is wrong.")
+            .count(),
+        1
+    );
+    assert_eq!(c.max_concurrent_streams, 1);
+    sb.stop().await;
+    env.cleanup().await;
+}
+
+/// Agent replies while the stream drops, goes silent, and its token
+/// expires: each reaches the widget exactly once, even with no replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_agent_message_is_lost_or_doubled_across_drops_silence_and_token_expiry() {
+    let env = TestEnv::new("sf-live-resume").await;
+    // Short tokens: the reader must renew them as it goes.
+    let sb = sandbox(&env, 2_000).await;
+    sb.sim.miaw_token_lifetime_ms(8_000);
+    sb.sim.miaw_replay_limit(Some(0));
+    let mut widget = sb.listen(&format!("{ORG}.#")).await.unwrap();
+    let conv = "sf-live-resume";
+    let (id, _) = hand_over(&sb, &mut widget, conv).await;
+    assert!(sb.sim.miaw_agent_joins(&id, "Alex Agent"));
+    next_non_queued(&mut widget, conv).await;
+
+    let mut sent = Vec::new();
+    let mut say = |n: usize| {
+        let text = format!("agent line {n}");
+        sb.sim.miaw_agent_replies(&id, &text).unwrap();
+        sent.push(text);
+    };
+    say(1);
+    sb.sim.miaw_drop_streams(Some(&id));
+    say(2);
+    say(3);
+    sb.sim.miaw_silence(&id, true);
+    say(4);
+    // Silent for longer than the silence timeout: the reader reconnects.
+    let connects = miaw(&sb.sim, &id).connects;
+    until("a reconnect after the silence", || {
+        miaw(&sb.sim, &id).connects > connects
+    })
+    .await;
+    sb.sim.miaw_silence(&id, false);
+    say(5);
+    // Past the first token's lifetime: renewed through the continuation endpoint.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    say(6);
+
+    let mut got = Vec::new();
+    while got.len() < sent.len() {
+        let e = next_non_queued(&mut widget, conv).await;
+        got.push(agent_text(&e).to_string());
+    }
+    assert_eq!(got, sent, "every agent line once, in order");
+    while let Some(e) = widget.next(Duration::from_millis(500)).await {
+        assert!(
+            !matches!(e.payload, OutboundPayload::AgentMessage(_)),
+            "a line came twice: {e:?}"
+        );
+    }
+    let (_, continuations) = sb.sim.miaw_token_counts();
+    assert!(continuations >= 1, "the token was renewed");
+    assert_eq!(miaw(&sb.sim, &id).max_concurrent_streams, 1);
+    sb.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_business_hours_and_failed_routing_give_a_case_and_a_transfer_stays_live() {
+    let env = TestEnv::new("sf-live-fallback").await;
+    let sb = sandbox(&env, 90_000).await;
+    let mut widget = sb.listen(&format!("{ORG}.#")).await.unwrap();
+
+    // Closed: a Case, no messaging conversation.
+    sb.sim.miaw_business_hours(false);
+    let closed = "sf-live-closed";
+    sb.publish(
+        "escalation.requested",
+        "closed-esc",
+        &live_escalation(closed),
+    )
+    .await
+    .unwrap();
+    let e = next_event(&mut widget, closed).await;
+    let c = created(&e);
+    assert_eq!(c.external_kind, ExternalKind::SalesforceCase);
+    assert_eq!(
+        c.fallback_reason,
+        Some(FallbackReason::OutsideBusinessHours)
+    );
+    assert!(sb.sim.miaw_conversations().is_empty());
+    sb.sim.miaw_business_hours(true);
+
+    // Routing fails after the start: a Case with the transcript, the
+    // messaging conversation closed.
+    sb.sim.miaw_fail_routing(true);
+    let failed = "sf-live-unrouted";
+    let (id, _) = hand_over(&sb, &mut widget, failed).await;
+    let case_event = loop {
+        let e = next_event(&mut widget, failed).await;
+        if matches!(e.payload, OutboundPayload::EscalationCreated(_)) {
+            break e;
+        }
+    };
+    let c = created(&case_event);
+    assert_eq!(c.external_kind, ExternalKind::SalesforceCase);
+    assert_eq!(c.fallback_reason, Some(FallbackReason::NoAgentOnline));
+    let case = sb
+        .sim
+        .salesforce_cases()
+        .into_iter()
+        .find(|k| k.id == c.external_id)
+        .expect("the Case");
+    let description = case.fields["Description"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(description.contains("I can't log in"), "{description}");
+    until("the messaging conversation closed", || {
+        miaw(&sb.sim, &id).closed
+    })
+    .await;
+    sb.sim.miaw_fail_routing(false);
+
+    // A transfer: the first agent leaves, the next joins; the chat stays live.
+    let transfer = "sf-live-transfer";
+    let (id, _) = hand_over(&sb, &mut widget, transfer).await;
+    assert!(sb.sim.miaw_agent_joins(&id, "Alex Agent"));
+    let joined = next_non_queued(&mut widget, transfer).await;
+    assert!(
+        matches!(joined.payload, OutboundPayload::AgentJoined(_)),
+        "{joined:?}"
+    );
+    assert!(sb.sim.miaw_transfer(&id, Some("Sam Support")));
+    let left = next_non_queued(&mut widget, transfer).await;
+    assert!(
+        matches!(left.payload, OutboundPayload::AgentLeft(_)),
+        "{left:?}"
+    );
+    let joined = next_non_queued(&mut widget, transfer).await;
+    match &joined.payload {
+        OutboundPayload::AgentJoined(j) => assert_eq!(j.display_name, "Sam Support"),
+        other => panic!("expected the second agent to join, got {other:?}"),
+    }
+    sb.sim.miaw_agent_replies(&id, "Sam here.").unwrap();
+    let reply = next_non_queued(&mut widget, transfer).await;
+    assert_eq!(agent_text(&reply), "Sam here.");
+    assert!(!miaw(&sb.sim, &id).closed, "a transfer is not the end");
+    assert_eq!(
+        sb.sim.salesforce_cases().len(),
+        2,
+        "no Case for the transfer"
+    );
+    sb.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_live_escalation_is_still_one_conversation() {
+    let env = TestEnv::new("sf-live-dup").await;
+    let sb = sandbox(&env, 90_000).await;
+    let mut widget = sb.listen(&format!("{ORG}.#")).await.unwrap();
+    let conv = "sf-live-dup";
+    let (id, _) = hand_over(&sb, &mut widget, conv).await;
+    // The same request again (a producer retry, a new message id) and a redelivery.
+    sb.publish(
+        "escalation.requested",
+        "sf-live-dup-esc",
+        &live_escalation(conv),
+    )
+    .await
+    .unwrap();
+    sb.publish(
+        "escalation.requested",
+        "sf-live-dup-again",
+        &live_escalation(conv),
+    )
+    .await
+    .unwrap();
+    until_done(&env, ORG, conv, "sf-live-dup-again").await;
+    assert_eq!(sb.sim.miaw_conversations().len(), 1);
+    let (tokens, _) = sb.sim.miaw_token_counts();
+    assert_eq!(tokens, 1, "one anonymous subject");
+    assert_eq!(
+        miaw(&sb.sim, &id).customer_messages.len(),
+        1,
+        "one transcript"
+    );
+    sb.stop().await;
+    env.cleanup().await;
+}
