@@ -357,3 +357,129 @@ async fn a_redelivered_live_escalation_is_still_one_conversation() {
     sb.stop().await;
     env.cleanup().await;
 }
+
+/// The `instance=` a worker process logs at start.
+fn instance_of(w: &WorkerProcess) -> Option<String> {
+    // Without colour codes (the log may carry them).
+    let mut log = String::new();
+    let mut in_escape = false;
+    for ch in w.log_text().chars() {
+        match (in_escape, ch) {
+            (false, '\u{1b}') => in_escape = true,
+            (true, 'm') => in_escape = false,
+            (true, _) => {}
+            (false, c) => log.push(c),
+        }
+    }
+    let at = log.find("instance=")? + "instance=".len();
+    Some(
+        log[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric())
+            .collect(),
+    )
+}
+
+/// Owner of each live conversation, from the registry.
+async fn owners(env: &TestEnv) -> std::collections::HashMap<String, String> {
+    let store = env.store().await;
+    let mut c = store.connection();
+    let flat: Vec<String> = redis::cmd("HGETALL")
+        .arg(format!("{}:{{streams}}:live", env.settings.key_prefix))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    flat.chunks_exact(2)
+        .filter_map(|kv| {
+            let (_, conv) = kv[0].split_once('\t')?;
+            Some((conv.to_string(), kv[1].clone()))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkilled_stream_owner_is_taken_over_within_15_s_without_two_streams() {
+    let env = TestEnv::new("sf-live-kill").await;
+    env.declare_topology().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sim = env.sim().await;
+    let client = escalator::sandbox::Client::connect(&env.settings)
+        .await
+        .unwrap();
+    let mut widget = client.listen(&format!("{ORG}.#")).await.unwrap();
+    let config = escalator::sandbox::sandbox_config(&sim.base_url());
+    let ttl = [("ESCALATOR_STREAM_OWNER_TTL_MS", "6000")];
+    let a = env.spawn_worker_env(&config, dir.path(), "a", &ttl);
+    let b = env.spawn_worker_env(&config, dir.path(), "b", &ttl);
+    until_shards_split(&a, &b).await;
+    let convs: Vec<String> = (0..6).map(|i| format!("sf-kill-{i}")).collect();
+    for conv in &convs {
+        client
+            .publish(
+                "escalation.requested",
+                &format!("{conv}-esc"),
+                &live_escalation(conv),
+            )
+            .await
+            .unwrap();
+    }
+    let mut ids = std::collections::HashMap::new();
+    while ids.len() < convs.len() {
+        let e = widget
+            .next(Duration::from_secs(30))
+            .await
+            .expect("every conversation is created");
+        if let OutboundPayload::EscalationCreated(c) = &e.payload {
+            ids.insert(e.conversation_id.clone(), c.external_id.clone());
+        }
+    }
+    let a_id = instance_of(&a).expect("worker a logs its instance");
+    let b_id = instance_of(&b).expect("worker b logs its instance");
+    // Both hold streams (spread by rendezvous hashing; hand-overs settle).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let victim = loop {
+        let o = owners(&env).await;
+        let of_a: Vec<&String> = o
+            .iter()
+            .filter(|(_, w)| **w == a_id)
+            .map(|(c, _)| c)
+            .collect();
+        let of_b = o.values().filter(|w| **w == b_id).count();
+        if o.len() == convs.len()
+            && !of_a.is_empty()
+            && of_b > 0
+            && of_a.len() + of_b == convs.len()
+        {
+            break of_a[0].clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "streams not spread: {o:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let id = ids[&victim].clone();
+    until("the victim's stream open", || {
+        miaw(&sim, &id).streams_open == 1
+    })
+    .await;
+
+    let killed = tokio::time::Instant::now();
+    a.kill9().await;
+    sim.miaw_agent_replies(&id, "still there?").unwrap();
+    let reply = next_non_queued(&mut widget, &victim).await;
+    assert_eq!(agent_text(&reply), "still there?");
+    let took = killed.elapsed();
+    assert!(took < Duration::from_secs(15), "taken over after {took:?}");
+    assert_eq!(owners(&env).await[&victim], b_id);
+    for conv in &convs {
+        let c = miaw(&sim, &ids[conv]);
+        assert_eq!(c.max_concurrent_streams, 1, "{conv}: two streams at once");
+    }
+    let status = b.terminate().await;
+    assert!(status.success(), "{status:?}");
+    // A graceful stop hands every stream back.
+    assert!(owners(&env).await.values().all(|w| w.is_empty()));
+    client.close().await;
+    env.cleanup().await;
+}

@@ -73,6 +73,7 @@ impl Env {
             external_id_field: None,
             limit_backoff_secs: 120,
             token_auth_basic: false,
+            live: None,
         }
     }
 

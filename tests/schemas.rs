@@ -48,6 +48,7 @@ fn inbound_to_value(event: &InboundEvent) -> Value {
         InboundEvent::WebhookZendesk(e) | InboundEvent::WebhookSunshine(e) => {
             serde_json::to_value(e)
         }
+        InboundEvent::SalesforceStream(e) => serde_json::to_value(e),
     }
     .unwrap()
 }

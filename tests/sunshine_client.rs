@@ -461,6 +461,7 @@ async fn hand_over(
             org,
             escalation: e,
             correlation_tag: CORRELATION,
+            streams: None,
         },
         j,
     )

@@ -411,6 +411,7 @@ mod tests {
             external_id_field: None,
             limit_backoff_secs: 300,
             token_auth_basic: false,
+            live: None,
         }
     }
 
