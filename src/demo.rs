@@ -145,7 +145,76 @@ async fn scenario(sandbox: &Sandbox) -> Result<(), String> {
     let event = expect(&mut widget, &conv).await?;
     print_event(&event);
 
-    live_chat(sandbox, &run).await
+    live_chat(sandbox, &run).await?;
+    salesforce_live_chat(sandbox, &run).await
+}
+
+/// Salesforce live chat (Messaging for In-App and Web): the conversation
+/// starts, Sam joins over the event stream, types and replies, the
+/// customer's answer reaches Sam, Sam ends the session.
+async fn salesforce_live_chat(sandbox: &Sandbox, run: &str) -> Result<(), String> {
+    let conv = format!("demo-{run}-sf-live");
+    let mut widget = sandbox.listen(&format!("{SALESFORCE_ORG}.#")).await?;
+    println!(
+        "\n9. The AI agent hands conversation {conv} to a live Salesforce agent (Enhanced Chat)"
+    );
+    let mut body = sample_escalation(SALESFORCE_ORG, &conv);
+    body["mode"] = json!("live");
+    sandbox
+        .publish("escalation.requested", &format!("{conv}-escalation"), &body)
+        .await?;
+    let created = expect(&mut widget, &conv).await?;
+    print_event(&created);
+    let OutboundPayload::EscalationCreated(c) = &created.payload else {
+        return Err("the live hand-over did not start with escalation.created".into());
+    };
+    let id = c.external_id.clone();
+    let refused = || "the simulator does not know the messaging conversation".to_string();
+    println!(
+        "\n10. Sam, an Omni-Channel agent, accepts the chat; the event stream tells the widget"
+    );
+    if !sandbox.sim.miaw_agent_joins(&id, "Sam Support") {
+        return Err(refused());
+    }
+    print_event(&past_queue(&mut widget, &conv).await?);
+    sandbox.sim.miaw_agent_typing(&id, true);
+    print_event(&past_queue(&mut widget, &conv).await?);
+    sandbox
+        .sim
+        .miaw_agent_replies(&id, "Hi Ada, Sam here. I can see the two charges.")
+        .ok_or_else(refused)?;
+    print_event(&past_queue(&mut widget, &conv).await?);
+
+    println!("\n11. The customer answers; the message reaches Sam's console once");
+    let text = "Great, please refund one of them.";
+    sandbox
+        .publish(
+            "customer.message",
+            &format!("{conv}-m1"),
+            &json!({
+                "org_id": SALESFORCE_ORG, "conversation_id": conv, "message_id": format!("{conv}-m1"),
+                "text": text, "sent_at": Utc::now(),
+            }),
+        )
+        .await?;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !sandbox
+        .sim
+        .miaw_conversations()
+        .iter()
+        .any(|c| c.id == id && c.customer_messages.iter().any(|(_, t)| t == text))
+    {
+        if tokio::time::Instant::now() > deadline {
+            return Err("the customer's message did not reach the agent within 30 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!("   Sam sees in the Service Console: \"{text}\"");
+
+    println!("\n12. Sam ends the messaging session");
+    sandbox.sim.miaw_end_session(&id);
+    print_event(&past_queue(&mut widget, &conv).await?);
+    Ok(())
 }
 
 /// Zendesk live chat: hand-over, the agent joins and replies, the customer
@@ -226,6 +295,20 @@ async fn live_chat(sandbox: &Sandbox, run: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The next event of `conv`, printing the waiting (queue position) ones on the way.
+async fn past_queue(
+    widget: &mut crate::sandbox::Listener,
+    conv: &str,
+) -> Result<OutboundEvent, String> {
+    loop {
+        let e = expect(widget, conv).await?;
+        if !matches!(e.payload, OutboundPayload::EscalationQueued(_)) {
+            return Ok(e);
+        }
+        print_event(&e);
+    }
+}
+
 async fn expect(
     widget: &mut crate::sandbox::Listener,
     conv: &str,
@@ -271,7 +354,10 @@ fn print_event(e: &OutboundEvent) {
             )
         }
         OutboundPayload::EscalationFailed(f) => format!("failed: {}", f.reason),
-        OutboundPayload::EscalationQueued(_) => "waiting for an agent".to_string(),
+        OutboundPayload::EscalationQueued(q) => match q.position {
+            Some(p) => format!("waiting for an agent (position {p} in the queue)"),
+            None => "waiting for an agent".to_string(),
+        },
         OutboundPayload::AgentJoined(j) => {
             let ticket = j
                 .ticket
