@@ -96,7 +96,7 @@ pub(super) async fn check(http: &reqwest::Client, s: &SalesforceConfig, r: &mut 
             for step in [VERSION, CASE, EXTERNAL_ID] {
                 r.skip(step, "needs a token");
             }
-            skip_miaw(r);
+            check_miaw(http, s, r).await;
             return;
         }
     };
@@ -161,7 +161,7 @@ pub(super) async fn check(http: &reqwest::Client, s: &SalesforceConfig, r: &mut 
             r.skip(EXTERNAL_ID, "needs the Case describe");
         }
     }
-    skip_miaw(r);
+    check_miaw(http, s, r).await;
 }
 
 fn check_external_id(s: &SalesforceConfig, describe: &Value, r: &mut Recorder<'_>) {
@@ -188,9 +188,52 @@ fn check_external_id(s: &SalesforceConfig, describe: &Value, r: &mut Recorder<'_
     }
 }
 
-/// MIAW needs settings (org id, developer name, SCRT URL) the config has no
-/// fields for yet.
-fn skip_miaw(r: &mut Recorder<'_>) {
-    r.skip(MIAW, "not configured");
-    r.skip(HOURS, "not configured");
+/// The Messaging for In-App and Web deployment (Part 2 of the guide): an
+/// unauthenticated access token for the org id and developer name of the
+/// code snippet (a token is no record: nothing is created), and the
+/// deployment's business hours. Independent of the OAuth grant.
+async fn check_miaw(http: &reqwest::Client, s: &SalesforceConfig, r: &mut Recorder<'_>) {
+    let Some(live) = s.live.as_ref().filter(|l| l.enabled) else {
+        r.skip(MIAW, "not configured");
+        r.skip(HOURS, "not configured");
+        return;
+    };
+    let client = crate::provider::live::miaw::MiawClient::new(http.clone(), live);
+    match client.access_token().await {
+        Ok(_) => r.pass(
+            MIAW,
+            format!(
+                "deployment {} answers at {} with an access token",
+                live.developer_name,
+                live.scrt_base_url()
+            ),
+        ),
+        Err(e) => {
+            let fix = match e.status {
+                Some(400) => {
+                    "set `salesforce.live.org_id` and `salesforce.live.developer_name` to the OrganizationId and DeveloperName of the deployment's code snippet (Setup > Embedded Service Deployments > Install Code Snippet); the deployment must be a Custom Client of an activated Enhanced Chat channel"
+                }
+                Some(404) | None => {
+                    "set `salesforce.live.scrt_url` to the Url of the deployment's code snippet (https://<org>.my.salesforce-scrt.com)"
+                }
+                Some(_) => {
+                    "retry later; if it persists, check that Messaging is enabled and the channel is activated"
+                }
+            };
+            r.fail(MIAW, e.message.clone(), fix);
+        }
+    }
+    match client.business_hours().await {
+        Ok(h) if h.is_active => r.pass(HOURS, "open now: live requests go to an agent"),
+        Ok(_) => r.warn(
+            HOURS,
+            "closed now: live requests become Cases until they open",
+            "nothing to fix if this is outside your support hours; else check the business hours of the messaging channel's routing",
+        ),
+        Err(e) => r.fail(
+            HOURS,
+            e.message.clone(),
+            "check `salesforce.live.scrt_url` and `salesforce.live.developer_name`",
+        ),
+    }
 }
