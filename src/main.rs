@@ -142,6 +142,11 @@ enum Command {
         /// through and print the RSS after 2k, 10k and this many.
         #[arg(long)]
         conversations: Option<usize>,
+        /// Instead of throughput: hold this many live Salesforce chats in
+        /// one worker (simulator in its own process) and print RSS per idle
+        /// stream, idle CPU and agent-message relay latency at 500/s.
+        #[arg(long)]
+        live: Option<usize>,
     },
     /// Check each org's provider set-up against its admin guide (read-only).
     ///
@@ -336,6 +341,7 @@ async fn run(command: Command) -> Result<(), String> {
             ingress,
             count,
             conversations,
+            live,
         } => {
             let _telemetry = escalator::telemetry::init("error");
             let mut settings = Settings::defaults();
@@ -344,13 +350,14 @@ async fn run(command: Command) -> Result<(), String> {
             settings.prefetch = load.prefetch;
             settings.concurrency = load.concurrency;
             settings.shards = load.shards;
-            let mode = match conversations {
-                Some(conversations) => escalator::bench::Mode::Memory { conversations },
-                None if ingress.ingress => escalator::bench::Mode::Ingress {
+            let mode = match (conversations, live) {
+                (_, Some(streams)) => escalator::bench::Mode::Live { streams },
+                (Some(conversations), None) => escalator::bench::Mode::Memory { conversations },
+                (None, None) if ingress.ingress => escalator::bench::Mode::Ingress {
                     count,
                     clients: ingress.clients,
                 },
-                None => escalator::bench::Mode::Throughput { count },
+                (None, None) => escalator::bench::Mode::Throughput { count },
             };
             escalator::bench::run(settings, mode).await
         }

@@ -10,6 +10,7 @@ mod baseline;
 mod cpu;
 mod ingress;
 mod isolation;
+mod live;
 mod measure;
 mod memory;
 mod pipeline;
@@ -38,6 +39,8 @@ fn stage_deadline(count: usize) -> Duration {
 pub enum Mode {
     /// Throughput and latency: `count` messages per stage.
     Throughput { count: usize },
+    /// `streams` live Salesforce chats held by one worker (memory, idle CPU, relay latency).
+    Live { streams: usize },
     /// Memory (RSS) after 2k, 10k and `conversations` distinct conversations.
     Memory { conversations: usize },
     /// The webhook ingress: `count` valid webhooks from `clients` concurrent clients.
@@ -47,6 +50,7 @@ pub enum Mode {
 enum Outcome {
     Throughput(Box<report::Report>),
     Memory(memory::MemoryReport),
+    Live(live::LiveReport),
 }
 
 impl Outcome {
@@ -54,6 +58,7 @@ impl Outcome {
         match self {
             Outcome::Throughput(r) => r.print(),
             Outcome::Memory(r) => r.print(),
+            Outcome::Live(r) => r.print(),
         }
     }
 }
@@ -67,6 +72,7 @@ pub async fn run(settings: Settings, mode: Mode) -> Result<(), String> {
         Mode::Memory { conversations: 0 } => {
             return Err("--conversations must be at least 1".into());
         }
+        Mode::Live { streams: 0 } => return Err("--live must be at least 1".into()),
         _ => {}
     }
     if settings.prefetch == 0 || settings.concurrency == 0 || settings.shards == 0 {
@@ -76,6 +82,9 @@ pub async fn run(settings: Settings, mode: Mode) -> Result<(), String> {
         Mode::Throughput { count } => println!("escalator bench: {count} messages per stage"),
         Mode::Memory { conversations } => {
             println!("escalator bench: memory after up to {conversations} distinct conversations")
+        }
+        Mode::Live { streams } => {
+            println!("escalator bench: {streams} live Salesforce chats held by one worker")
         }
         Mode::Ingress { .. } => {}
     }
@@ -124,6 +133,10 @@ async fn stages(settings: &Settings, mode: Mode) -> Result<Outcome, String> {
     let count = match mode {
         Mode::Throughput { count } => count,
         Mode::Ingress { .. } => return Err("the ingress benchmark runs on its own".into()),
+        Mode::Live { streams } => {
+            println!("\nlive: starting the simulator (own process) and a worker");
+            return live::run(settings, streams).await.map(Outcome::Live);
+        }
         Mode::Memory { conversations } => {
             println!("\nmemory: starting the simulator and a worker");
             return memory::run(settings, conversations)
