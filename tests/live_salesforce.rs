@@ -133,6 +133,16 @@ async fn the_whole_salesforce_live_flow_reaches_the_widget_in_order() {
     let reply = next_non_queued(&mut widget, conv).await;
     assert_eq!(agent_text(&reply), "Hi, I'm Alex. Let me look.");
 
+    // The customer types: the agent sees a typing indicator.
+    let typing_body = json!({
+        "org_id": ORG, "conversation_id": conv, "typing": true, "sent_at": chrono::Utc::now(),
+    });
+    sb.publish("customer.typing", "sf-live-flow-t1", &typing_body)
+        .await
+        .unwrap();
+    until_done(&env, ORG, conv, "sf-live-flow-t1").await;
+    assert_eq!(miaw(&sb.sim, &id).typing, ["TypingStartedIndicator"]);
+
     // The customer answers: it reaches the agent once (a redelivery too).
     let answer = customer_message(ORG, conv, "m-1", "It says my password is wrong.");
     sb.publish("customer.message", "sf-live-flow-m1", &answer)
