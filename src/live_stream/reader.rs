@@ -132,7 +132,7 @@ async fn read(r: &Reader, connected: &watch::Sender<bool>) -> End {
     let mut failures = 0u32;
     let mut recent = Recent::default();
     loop {
-        let step = match session(r, connected, &mut recent, &mut failures).await {
+        let step = match Box::pin(session(r, connected, &mut recent, &mut failures)).await {
             Ok(step) => step,
             Err(e) => {
                 tracing::warn!(error = %e, "stream reader: infrastructure error; reconnecting");
@@ -176,22 +176,22 @@ async fn session(
         conversation,
         last_event_id,
         mut last_entry_ms,
-    } = r.sessions.cursor(org, conv).await?;
+    } = Box::pin(r.sessions.cursor(org, conv)).await?;
     let Some(mut token) = token else {
         return Ok(Step::Lost(
             "no access token is stored for the conversation".into(),
         ));
     };
     if token.expires_within(renew_margin(&token)) {
-        match renew(r, &token).await? {
+        match Box::pin(renew(r, &token)).await? {
             Ok(t) => token = t,
             Err(step) => return Ok(step),
         }
     }
-    let mut stream = match r.client.open_stream(&token, last_event_id.as_deref()).await {
+    let mut stream = match Box::pin(r.client.open_stream(&token, last_event_id.as_deref())).await {
         Ok(s) => s,
         Err(e) if e.kind == ProviderErrorKind::SessionExpired => {
-            return Ok(match renew(r, &token).await? {
+            return Ok(match Box::pin(renew(r, &token)).await? {
                 Ok(_) => Step::Reconnect(Duration::ZERO),
                 Err(step) => step,
             });
@@ -209,11 +209,11 @@ async fn session(
     // Backfill: whatever happened while no stream was open (also when the
     // server replays nothing), oldest first, before the live events.
     if let Some(conversation) = conversation {
-        match r.client.entries(&token, &conversation, last_entry_ms).await {
+        match Box::pin(r.client.entries(&token, &conversation, last_entry_ms)).await {
             Ok(entries) => {
                 for entry in entries {
                     let at = entry.transcripted_at_ms;
-                    if relay(r, recent, "backfill", entry).await? {
+                    if Box::pin(relay(r, recent, "backfill", entry)).await? {
                         last_entry_ms = last_entry_ms.max(at);
                         r.sessions.advance(org, conv, None, last_entry_ms).await?;
                     }
@@ -232,7 +232,7 @@ async fn session(
     loop {
         let next = tokio::select! {
             () = tokio::time::sleep_until(renew_at) => {
-                return Ok(match renew(r, &token).await? {
+                return Ok(match Box::pin(renew(r, &token)).await? {
                     // Reconnect with the new token before the old one ends the stream.
                     Ok(_) => Step::Reconnect(Duration::ZERO),
                     Err(step) => step,
@@ -263,7 +263,7 @@ async fn session(
             StreamItem::Error { expired } => {
                 tracing::info!(expired, "the stream reported an error: reconnecting");
                 if expired {
-                    return Ok(match renew(r, &token).await? {
+                    return Ok(match Box::pin(renew(r, &token)).await? {
                         Ok(_) => Step::Reconnect(Duration::ZERO),
                         Err(step) => step,
                     });
@@ -288,7 +288,7 @@ async fn session(
                 let ours = conversation
                     .is_some_and(|c| c.to_string() == conversation_id.to_ascii_lowercase());
                 let at = entry.transcripted_at_ms;
-                let forwarded = ours && relay(r, recent, "stream", entry).await?;
+                let forwarded = ours && Box::pin(relay(r, recent, "stream", entry)).await?;
                 if forwarded {
                     last_entry_ms = last_entry_ms.max(at);
                 }

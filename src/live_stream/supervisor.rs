@@ -60,8 +60,6 @@ pub async fn run(streams: Streams, publisher: Publisher, stop: CancellationToken
         if let Err(e) = tick(&streams, &mut orphaned).await {
             tracing::warn!(error = %e, "stream scan failed");
         }
-        let open = streams.open_count();
-        ::metrics::gauge!("escalator_streams_owned").set(open as f64);
     }
     streams.set_publisher(None);
     let mine = streams.stop_all();
@@ -85,7 +83,7 @@ async fn tick(
     let s = &streams.shared;
     let ttl_ms = s.settings.owner_ttl.as_millis() as u64;
     let snap = s.registry.scan(ttl_ms).await?;
-    ::metrics::gauge!("escalator_live_conversations").set(snap.entries.len() as f64);
+    crate::observability::metrics::live_conversations(snap.entries.len());
     let live: HashSet<&str> = snap.live.iter().map(String::as_str).collect();
     let me = s.instance.as_str();
     let mut registered = HashSet::with_capacity(snap.entries.len());

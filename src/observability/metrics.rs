@@ -27,6 +27,7 @@ pub const OUTBOUND_RETURNED: &str = "escalator_outbound_unrouted_total";
 pub const INGRESS_REQUESTS: &str = "escalator_ingress_requests_total";
 pub const INGRESS_REQUEST_DURATION: &str = "escalator_ingress_request_duration_seconds";
 pub const STREAMS_OPEN: &str = "escalator_streams_open";
+pub const LIVE_CONVERSATIONS: &str = "escalator_live_conversations";
 pub const STREAM_CONNECTS: &str = "escalator_stream_connects_total";
 pub const MESSAGING_TOKEN_RENEWALS: &str = "escalator_messaging_token_renewals_total";
 
@@ -85,6 +86,10 @@ fn describe() {
     describe_gauge!(
         STREAMS_OPEN,
         "Salesforce messaging event streams this process holds (one per live conversation it owns)"
+    );
+    describe_gauge!(
+        LIVE_CONVERSATIONS,
+        "Live Salesforce chats registered fleet-wide, as this worker's last stream scan saw them"
     );
     describe_counter!(
         STREAM_CONNECTS,
@@ -232,6 +237,11 @@ pub fn token_refresh(org: &str) {
 /// A Salesforce messaging stream reader started (+1) or ended (-1).
 pub fn streams_open(delta: i64) {
     ::metrics::gauge!(STREAMS_OPEN).increment(delta as f64);
+}
+
+/// Live Salesforce chats registered fleet-wide (each worker's last scan).
+pub fn live_conversations(n: usize) {
+    ::metrics::gauge!(LIVE_CONVERSATIONS).set(n as f64);
 }
 
 /// A messaging stream (re)connected.
