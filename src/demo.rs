@@ -187,16 +187,7 @@ async fn salesforce_live_chat(sandbox: &Sandbox, run: &str) -> Result<(), String
 
     println!("\n11. The customer answers; the message reaches Sam's console once");
     let text = "Great, please refund one of them.";
-    sandbox
-        .publish(
-            "customer.message",
-            &format!("{conv}-m1"),
-            &json!({
-                "org_id": SALESFORCE_ORG, "conversation_id": conv, "message_id": format!("{conv}-m1"),
-                "text": text, "sent_at": Utc::now(),
-            }),
-        )
-        .await?;
+    customer_says(sandbox, SALESFORCE_ORG, &conv, text).await?;
     let deadline = tokio::time::Instant::now() + WAIT;
     while !sandbox
         .sim
@@ -257,16 +248,7 @@ async fn live_chat(sandbox: &Sandbox, run: &str) -> Result<(), String> {
 
     println!("\n7. The customer answers in the widget; the message reaches Alex");
     let text = "Thank you! It was order 4711.";
-    sandbox
-        .publish(
-            "customer.message",
-            &format!("{conv}-m1"),
-            &json!({
-                "org_id": ZENDESK_ORG, "conversation_id": conv, "message_id": format!("{conv}-m1"),
-                "text": text, "sent_at": Utc::now(),
-            }),
-        )
-        .await?;
+    customer_says(sandbox, ZENDESK_ORG, &conv, text).await?;
     let mut requests = sandbox.sim.subscribe();
     let reached = |s: &Sandbox| {
         s.sim
@@ -293,6 +275,17 @@ async fn live_chat(sandbox: &Sandbox, run: &str) -> Result<(), String> {
         .map_err(sim_error)?;
     print_event(&expect(&mut widget, &conv).await?);
     Ok(())
+}
+
+/// The customer's message `text` in `conv`, as the AI agent's backend publishes it.
+async fn customer_says(sandbox: &Sandbox, org: &str, conv: &str, text: &str) -> Result<(), String> {
+    let body = json!({
+        "org_id": org, "conversation_id": conv, "message_id": format!("{conv}-m1"),
+        "text": text, "sent_at": Utc::now(),
+    });
+    sandbox
+        .publish("customer.message", &format!("{conv}-m1"), &body)
+        .await
 }
 
 /// The next event of `conv`, printing the waiting (queue position) ones on the way.

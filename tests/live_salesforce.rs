@@ -418,7 +418,14 @@ async fn a_sigkilled_stream_owner_is_taken_over_within_15_s_without_two_streams(
         .unwrap();
     let mut widget = client.listen(&format!("{ORG}.#")).await.unwrap();
     let config = escalator::sandbox::sandbox_config(&sim.base_url());
-    let ttl = [("ESCALATOR_STREAM_OWNER_TTL_MS", "6000")];
+    // The stream owner TTL bounds the takeover; a conversation the killed
+    // worker was handling a message of also waits out its lease (which must
+    // outlast the HTTP timeout), so both are shortened together.
+    let ttl = [
+        ("ESCALATOR_STREAM_OWNER_TTL_MS", "6000"),
+        ("ESCALATOR_HTTP_TIMEOUT_MS", "4000"),
+        ("ESCALATOR_LEASE_TTL_MS", "6000"),
+    ];
     let a = env.spawn_worker_env(&config, dir.path(), "a", &ttl);
     let b = env.spawn_worker_env(&config, dir.path(), "b", &ttl);
     until_shards_split(&a, &b).await;

@@ -89,31 +89,15 @@ return {live, redis.call('HGETALL', KEYS[1])}
 });
 
 /// Take a conversation when nobody live owns it (or it is ours already).
+/// With ARGV[4] = 1 it is registered when missing (a new live chat).
 /// 1: ours; 0: someone else live has it; -1: not registered (ended).
 static CLAIM: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r#"
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
-if not cur then return -1 end
+if not cur and ARGV[4] ~= '1' then return -1 end
 if cur == ARGV[2] then return 1 end
-if cur ~= '' then
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  local beat = redis.call('ZSCORE', KEYS[2], cur)
-  if beat and now - tonumber(beat) <= tonumber(ARGV[3]) then return 0 end
-end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-return 1
-"#,
-    )
-});
-
-/// Like CLAIM, but registers the conversation when it is not there yet.
-static REGISTER: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
-        r#"
-local cur = redis.call('HGET', KEYS[1], ARGV[1])
-if cur and cur ~= '' and cur ~= ARGV[2] then
+if cur and cur ~= '' then
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   local beat = redis.call('ZSCORE', KEYS[2], cur)
@@ -173,6 +157,25 @@ impl Registry {
         Ok(Snapshot { live, entries })
     }
 
+    async fn claim_or_register(
+        &self,
+        key: &StreamKey,
+        instance: &str,
+        ttl_ms: u64,
+        register: bool,
+    ) -> Result<i64, InfraError> {
+        let mut c = self.store.connection();
+        Ok(CLAIM
+            .key(&self.live_key)
+            .key(&self.owners_key)
+            .arg(key.field())
+            .arg(instance)
+            .arg(ttl_ms)
+            .arg(if register { "1" } else { "0" })
+            .invoke_async(&mut c)
+            .await?)
+    }
+
     /// `Some(true)`: ours now; `Some(false)`: a live worker has it; `None`: ended.
     pub async fn claim(
         &self,
@@ -180,20 +183,13 @@ impl Registry {
         instance: &str,
         ttl_ms: u64,
     ) -> Result<Option<bool>, InfraError> {
-        let mut c = self.store.connection();
-        let r: i64 = CLAIM
-            .key(&self.live_key)
-            .key(&self.owners_key)
-            .arg(key.field())
-            .arg(instance)
-            .arg(ttl_ms)
-            .invoke_async(&mut c)
-            .await?;
-        Ok(match r {
-            1 => Some(true),
-            0 => Some(false),
-            _ => None,
-        })
+        Ok(
+            match self.claim_or_register(key, instance, ttl_ms, false).await? {
+                1 => Some(true),
+                0 => Some(false),
+                _ => None,
+            },
+        )
     }
 
     /// Register a new live conversation as ours; false when a live worker
@@ -204,16 +200,7 @@ impl Registry {
         instance: &str,
         ttl_ms: u64,
     ) -> Result<bool, InfraError> {
-        let mut c = self.store.connection();
-        let r: i64 = REGISTER
-            .key(&self.live_key)
-            .key(&self.owners_key)
-            .arg(key.field())
-            .arg(instance)
-            .arg(ttl_ms)
-            .invoke_async(&mut c)
-            .await?;
-        Ok(r == 1)
+        Ok(self.claim_or_register(key, instance, ttl_ms, true).await? == 1)
     }
 
     /// Give a conversation up (graceful hand-over to another worker).
