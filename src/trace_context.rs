@@ -3,9 +3,14 @@
 //! the message through the intake, retry and dead-letter hops (their
 //! headers are kept), and is handed on while the message is handled: as the
 //! `traceparent` header of every provider HTTP request and of every outbound
-//! event the message causes. The escalator forwards it unchanged (it does
-//! not add span ids of its own yet), so a trace started upstream can be
-//! followed to Zendesk or Salesforce and to the widget.
+//! event the message causes.
+//!
+//! With trace export on (`OTEL_EXPORTER_OTLP_ENDPOINT` set), the span that
+//! handles a message (or a webhook at the ingress) becomes a child of the
+//! inbound context ([`continue_in`]) and what is handed on names that span:
+//! same trace id, the escalator's span id. With export off nothing is
+//! recorded and the inbound value is handed on unchanged, so a trace started
+//! upstream can still be followed to Zendesk or Salesforce and to the widget.
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 
@@ -49,6 +54,37 @@ impl TraceParent {
         &self.0
     }
 
+    /// The remote span this value names.
+    fn span_context(&self) -> Option<opentelemetry::trace::SpanContext> {
+        use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+        let mut parts = self.0.split('-');
+        let _version = parts.next()?;
+        let trace = TraceId::from_hex(parts.next()?).ok()?;
+        let span = SpanId::from_hex(parts.next()?).ok()?;
+        let flags = u8::from_str_radix(parts.next()?, 16).ok()?;
+        let cx = SpanContext::new(
+            trace,
+            span,
+            TraceFlags::new(flags),
+            true,
+            TraceState::default(),
+        );
+        cx.is_valid().then_some(cx)
+    }
+
+    /// The value naming a recorded span (`None` for an invalid context,
+    /// e.g. when spans are not exported).
+    fn from_span_context(cx: &opentelemetry::trace::SpanContext) -> Option<TraceParent> {
+        cx.is_valid().then(|| {
+            TraceParent(format!(
+                "00-{}-{}-{:02x}",
+                cx.trace_id(),
+                cx.span_id(),
+                cx.trace_flags().to_u8()
+            ))
+        })
+    }
+
     /// The trace id, for log fields.
     pub fn trace_id(&self) -> &str {
         self.0.split('-').nth(1).unwrap_or_default()
@@ -70,9 +106,26 @@ pub async fn scope<F: std::future::Future>(trace: Option<TraceParent>, fut: F) -
     CURRENT.scope(trace, fut).await
 }
 
-/// The context of the message being handled by this task, if any.
+/// The context to hand on from here: the current span's when spans are
+/// exported, else that of the message being handled by this task, if any.
 pub fn current() -> Option<TraceParent> {
-    CURRENT.try_with(|c| c.clone()).ok().flatten()
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let cx = tracing::Span::current().context();
+    TraceParent::from_span_context(cx.span().span_context())
+        .or_else(|| CURRENT.try_with(|c| c.clone()).ok().flatten())
+}
+
+/// Make `span` (not yet entered) continue `inbound`, when spans are
+/// exported; `inbound` is handed on unchanged when they are not.
+pub fn continue_in(span: &tracing::Span, inbound: Option<&TraceParent>) {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    if let Some(remote) = inbound.and_then(TraceParent::span_context) {
+        // Without the OpenTelemetry layer (export off) or for a disabled
+        // span this fails, and the inbound value is what `current` gives.
+        let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(remote));
+    }
 }
 
 /// `props` carrying the current context (unchanged when there is none).

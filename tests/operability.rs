@@ -301,20 +301,18 @@ async fn the_harness_makes_and_removes_its_vhost_with_rabbitmqctl() {
     assert!(!vhosts().contains(&vhost), "{vhost} left behind");
 }
 
-/// A producer's W3C `traceparent` reaches the provider request and the
-/// outbound event the message caused (issue 9, traces).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_producers_traceparent_reaches_the_provider_and_the_outbound_event() {
+const TRACE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const PARENT_SPAN: &str = "00f067aa0ba902b7";
+
+/// Publish an escalation for `org` with [`TRACE`] and return the
+/// `traceparent` of the first outbound event it causes.
+async fn escalate_with_traceparent(env: &TestEnv, org: &str, conv: &str) -> Option<String> {
     use futures_util::StreamExt;
     use lapin::options::{
         BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions,
     };
     use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-    const TRACE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-
-    let env = TestEnv::new("traceparent").await;
-    let sb = env.sandbox().await;
-    let org = escalator::sandbox::ZENDESK_ORG;
     // A raw consumer of the outbound exchange, to see the event's headers.
     let conn = escalator::amqp::connect(&env.settings.amqp_url, "test-trace")
         .await
@@ -350,7 +348,6 @@ async fn a_producers_traceparent_reaches_the_provider_and_the_outbound_event() {
         )
         .await
         .unwrap();
-
     let publisher = escalator::amqp::Publisher::open(&conn).await.unwrap();
     let mut headers = FieldTable::default();
     headers.insert(
@@ -358,9 +355,9 @@ async fn a_producers_traceparent_reaches_the_provider_and_the_outbound_event() {
         AMQPValue::LongString(LongString::from(TRACE.as_bytes().to_vec())),
     );
     let props = escalator::amqp::json_properties()
-        .with_message_id(ShortString::from("trace-1"))
+        .with_message_id(ShortString::from(format!("{conv}-esc")))
         .with_headers(headers);
-    let body = serde_json::to_vec(&escalation(org, "conv-trace")).unwrap();
+    let body = serde_json::to_vec(&escalation(org, conv)).unwrap();
     publisher
         .publish(
             escalator::topology::INBOUND_EXCHANGE,
@@ -370,7 +367,6 @@ async fn a_producers_traceparent_reaches_the_provider_and_the_outbound_event() {
         )
         .await
         .unwrap();
-
     let delivery = tokio::time::timeout(WAIT, outbound.next())
         .await
         .expect("an outbound event")
@@ -386,25 +382,139 @@ async fn a_producers_traceparent_reaches_the_provider_and_the_outbound_event() {
         .headers()
         .as_ref()
         .and_then(|h| h.inner().get("traceparent").cloned());
-    assert!(
-        matches!(&header, Some(AMQPValue::LongString(s)) if s.as_bytes() == TRACE.as_bytes()),
-        "outbound event headers: {header:?}"
-    );
-    let create = sb
-        .sim
-        .requests()
+    let _ = conn.close(200, ShortString::from("bye")).await;
+    match header {
+        Some(AMQPValue::LongString(s)) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        _ => None,
+    }
+}
+
+/// The `traceparent` the simulator saw on the ticket request.
+fn ticket_request_traceparent(sim: &escalator::sim::SimHandle) -> Option<String> {
+    sim.requests()
         .into_iter()
         .find(|r| r.method == "POST" && r.path.starts_with("/api/v2/tickets"))
-        .expect("the ticket request");
-    assert!(
-        create
-            .headers
-            .iter()
-            .any(|(n, v)| n == "traceparent" && v == TRACE),
-        "provider request headers: {:?}",
-        create.headers
+        .expect("the ticket request")
+        .headers
+        .into_iter()
+        .find(|(n, _)| n == "traceparent")
+        .map(|(_, v)| v)
+}
+
+/// A producer's W3C `traceparent` reaches the provider request and the
+/// outbound event the message caused (issue 9, traces), unchanged when
+/// spans are not exported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producers_traceparent_reaches_the_provider_and_the_outbound_event() {
+    let env = TestEnv::new("traceparent").await;
+    let sb = env.sandbox().await;
+    let org = escalator::sandbox::ZENDESK_ORG;
+    let outbound = escalate_with_traceparent(&env, org, "conv-trace").await;
+    assert_eq!(
+        outbound.as_deref(),
+        Some(TRACE),
+        "outbound event traceparent"
     );
-    let _ = conn.close(200, ShortString::from("bye")).await;
+    assert_eq!(
+        ticket_request_traceparent(&sb.sim).as_deref(),
+        Some(TRACE),
+        "provider request traceparent"
+    );
     sb.stop().await;
+    env.cleanup().await;
+}
+
+/// With spans exported (OTLP/HTTP to a collector played by the test), the
+/// worker's span handling the message is a child of the producer's span:
+/// the provider request and the outbound event carry the same trace id and
+/// the worker's span id, and the exported span names the producer's span
+/// as its parent. Spans carry org, conversation, provider and mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_export_on_the_worker_span_continues_the_producers_trace() {
+    use axum::body::Bytes;
+    let (tx, mut exported) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
+    let collector = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: Bytes| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(body);
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let collector_url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, collector).await });
+
+    let env = TestEnv::new("trace-export").await;
+    env.declare_topology().await;
+    let sim = env.sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = escalator::sandbox::sandbox_config(&sim.base_url());
+    let worker = env.spawn_worker_env(
+        &config,
+        dir.path(),
+        "w",
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", collector_url.as_str()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    );
+    let org = escalator::sandbox::ZENDESK_ORG;
+    let outbound = escalate_with_traceparent(&env, org, "conv-exported")
+        .await
+        .expect("the outbound event carries a traceparent");
+    let parts: Vec<&str> = outbound.split('-').collect();
+    assert_eq!(parts.len(), 4, "{outbound}");
+    assert_eq!(parts[1], TRACE_ID, "same trace");
+    assert_ne!(parts[2], PARENT_SPAN, "the worker's own span: {outbound}");
+    let at_provider = ticket_request_traceparent(&sim).expect("provider request traceparent");
+    assert!(
+        at_provider.starts_with(&format!("00-{TRACE_ID}-")) && !at_provider.contains(PARENT_SPAN),
+        "{at_provider}"
+    );
+
+    // The exported spans (protobuf): one of them is the worker's, with the
+    // producer's span as its parent and the conversation's fields.
+    let hex = |h: &str| -> Vec<u8> {
+        (0..h.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap())
+            .collect()
+    };
+    let has = |body: &[u8], needle: &[u8]| body.windows(needle.len()).any(|w| w == needle);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let span = loop {
+        let body = tokio::time::timeout_at(deadline, exported.recv())
+            .await
+            .expect("spans exported to the collector")
+            .unwrap();
+        if has(&body, &hex(parts[2])) {
+            break body;
+        }
+    };
+    assert!(has(&span, &hex(TRACE_ID)), "trace id in the export");
+    assert!(
+        has(&span, &hex(PARENT_SPAN)),
+        "the producer's span as parent"
+    );
+    for field in [
+        "org_id",
+        "conversation_id",
+        "provider",
+        "mode",
+        "message_type",
+        org,
+        "conv-exported",
+        "ticket",
+        "escalation.requested",
+    ] {
+        assert!(has(&span, field.as_bytes()), "{field} on the exported span");
+    }
+    // Never the customer's contact data (the escalation carries an email).
+    assert!(!has(&span, b"grace@example.com"), "an email in a span");
+    let status = worker.terminate().await;
+    assert!(status.success(), "{status:?}");
     env.cleanup().await;
 }

@@ -85,12 +85,21 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     }
 }
 
+/// The sender's `traceparent`, if well-formed.
+fn inbound_trace(headers: &HeaderMap) -> Option<crate::trace_context::TraceParent> {
+    headers
+        .get(crate::trace_context::TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::trace_context::TraceParent::parse)
+}
+
 async fn webhook(State(state): State<Arc<AppState>>, request: Request) -> Response {
     let span = tracing::info_span!(
         "webhook",
         org_id = tracing::field::Empty,
         claimed_org = tracing::field::Empty
     );
+    crate::trace_context::continue_in(&span, inbound_trace(request.headers()).as_ref());
     async move {
         let started = tokio::time::Instant::now();
         let result = accept(&state, request).await;
@@ -162,12 +171,9 @@ async fn accept(state: &AppState, request: Request) -> Result<String, Rejection>
         .with_message_id(ShortString::from(message_id.clone()))
         .with_app_id(ShortString::from("escalator-ingress"))
         .with_timestamp(received_at.timestamp().max(0) as u64);
-    // A trace the sender started continues with the message.
-    let trace = parts
-        .headers
-        .get(crate::trace_context::TRACEPARENT)
-        .and_then(|v| v.to_str().ok())
-        .and_then(crate::trace_context::TraceParent::parse);
+    // A trace the sender started continues with the message (through this
+    // request's span when spans are exported).
+    let trace = crate::trace_context::current().or_else(|| inbound_trace(&parts.headers));
     let props = crate::trace_context::with_trace(props, trace.as_ref());
     match state.broker.publish(ROUTING_KEY, &bytes, props).await {
         Ok(()) => Ok(message_id),

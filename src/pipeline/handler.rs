@@ -170,6 +170,14 @@ async fn run(
         .as_ref()
         .map(|r| r.provider)
         .or_else(|| effects::provider_of(ctx, org, requested_provider(&item.event)));
+    let mode = match (&item.event, begin.record.as_ref()) {
+        (_, Some(r)) => Some(r.mode),
+        (InboundEvent::EscalationRequested(e), None) => Some(e.mode),
+        _ => None,
+    };
+    if let Some(mode) = mode {
+        tracing::Span::current().record("mode", mode.as_str());
+    }
     let result = match &item.event {
         InboundEvent::EscalationRequested(e) => {
             effects::escalate(ctx, e, begin.record.as_ref()).await

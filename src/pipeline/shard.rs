@@ -367,10 +367,13 @@ async fn process(
         conversation_id = %meta.conversation_id,
         provider,
         routing_key = %meta.routing_key,
+        message_type = %meta.routing_key,
+        mode = tracing::field::Empty,
         message_id = %meta.dedupe_id,
         attempt = meta.attempts + 1,
         trace_id = trace.as_ref().map(|t| t.trace_id().to_string()),
     );
+    crate::trace_context::continue_in(&span, trace.as_ref());
     let work = async move {
         let parsed = match InboundKind::from_routing_key(&meta.routing_key) {
             _ if meta.org_id.is_empty() || meta.conversation_id.is_empty() => {
