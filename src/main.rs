@@ -75,6 +75,22 @@ enum Command {
     Sim {
         #[arg(long, env = "ESCALATOR_SIM_ADDR", default_value = "127.0.0.1:8089")]
         addr: std::net::SocketAddr,
+        /// Where the simulated Zendesk sends its webhooks (the ingress's
+        /// /webhooks/zendesk); also what its Webhooks API lists, so that
+        /// `doctor` finds the webhook of the set-up guide. Unset: none is
+        /// sent until a test sets a target.
+        #[arg(long, env = "ESCALATOR_SIM_WEBHOOK_URL")]
+        webhook_url: Option<String>,
+        /// The webhook's `fv-organisation-id` header (the org id in the config).
+        #[arg(
+            long,
+            env = "ESCALATOR_SIM_WEBHOOK_ORG",
+            default_value = "sandbox-zendesk"
+        )]
+        webhook_org: String,
+        /// The webhook's Bearer token (the org's `zendesk.live.webhook_token`).
+        #[arg(long, env = "ESCALATOR_SIM_WEBHOOK_TOKEN", default_value = "")]
+        webhook_token: String,
     },
     /// Run the whole flow once against the simulator and print what the widget hears.
     ///
@@ -277,9 +293,21 @@ async fn run(command: Command) -> Result<(), String> {
                 .map_err(|e| e.to_string())
         }
         #[cfg(feature = "tooling")]
-        Command::Sim { addr } => {
+        Command::Sim {
+            addr,
+            webhook_url,
+            webhook_org,
+            webhook_token,
+        } => {
             let _telemetry = escalator::telemetry::init("info");
-            escalator::sim::run(addr, escalator::sim::SimSettings::default())
+            let webhook = webhook_url.map(|url| escalator::sim::WebhookTarget {
+                url,
+                org_id: webhook_org,
+                bearer_token: webhook_token,
+                signing_secret: None,
+                session_end_trigger: true,
+            });
+            escalator::sim::run(addr, escalator::sim::SimSettings::default(), webhook)
                 .await
                 .map_err(|e| format!("simulator: {e}"))
         }

@@ -177,6 +177,35 @@ fn compose_ingress_listens_where_it_is_published_and_probed() {
     );
 }
 
+/// The simulator's Zendesk webhook (what its Webhooks API lists and where
+/// it delivers) aims at the compose ingress with an org and token of the
+/// mounted sim config: otherwise agent replies never arrive and `doctor`
+/// fails the webhook checks in the sandbox.
+#[test]
+fn compose_sim_webhook_targets_the_ingress_with_the_configs_org_and_token() {
+    let compose = &compose();
+    let services = &compose["services"];
+    let sim = &services["sim"]["environment"];
+    let url = str_of(&sim["ESCALATOR_SIM_WEBHOOK_URL"]);
+    let listen: std::net::SocketAddr =
+        str_of(&services["ingress"]["environment"][INGRESS_LISTEN_ENV])
+            .parse()
+            .unwrap();
+    assert!(
+        url == format!("http://ingress:{}{WEBHOOK_PATH}", listen.port())
+            || url == format!("http://ingress:{}{GUIDE_WEBHOOK_PATH}", listen.port()),
+        "{url} is not the ingress's webhook path"
+    );
+    let config: toml::Value = toml::from_str(&read("deploy/config/escalator.sim.toml")).unwrap();
+    let org = str_of(&sim["ESCALATOR_SIM_WEBHOOK_ORG"]);
+    let live = &config["orgs"][org.as_str()]["zendesk"]["live"];
+    assert_eq!(
+        live["webhook_token"].as_str(),
+        Some(str_of(&sim["ESCALATOR_SIM_WEBHOOK_TOKEN"]).as_str()),
+        "the sim's Bearer token is not org {org}'s webhook_token"
+    );
+}
+
 // --------------------------------------------------------------- kubernetes
 
 struct Container<'a> {

@@ -119,8 +119,16 @@ pub async fn start(bind: SocketAddr, settings: SimSettings) -> std::io::Result<S
 }
 
 /// Serves until ctrl-c / SIGTERM (used by `escalator sim`).
-pub async fn run(bind: SocketAddr, settings: SimSettings) -> std::io::Result<()> {
+/// `webhook`: where Zendesk webhooks go from the start.
+pub async fn run(
+    bind: SocketAddr,
+    settings: SimSettings,
+    webhook: Option<WebhookTarget>,
+) -> std::io::Result<()> {
     let handle = start(bind, settings).await?;
+    if let Some(target) = webhook {
+        handle.set_zendesk_webhook(target);
+    }
     tracing::info!(base_url = %handle.base_url(), "provider simulator listening");
     shutdown_signal().await;
     tracing::info!("provider simulator shutting down");
