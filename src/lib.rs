@@ -21,9 +21,10 @@ pub mod observability;
 pub mod pipeline;
 pub mod provider;
 #[cfg(feature = "tooling")]
+pub mod redis_conn;
+#[cfg(feature = "tooling")]
 pub mod sandbox;
 pub mod schema;
-#[cfg(feature = "tooling")]
 pub mod scratch;
 pub mod secret;
 pub mod settings;

@@ -19,7 +19,6 @@ use crate::contract::{ExternalKind, FallbackReason, Mode, ProviderKind};
 use crate::error::InfraError;
 use chrono::{DateTime, Utc};
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -105,9 +104,8 @@ pub enum Admission {
 }
 
 /// The Redis connection every module uses (a clonable handle that
-/// reconnects by itself). One name, so the connection kind can change in
-/// one place.
-pub type RedisConnection = ConnectionManager;
+/// reconnects by itself): one server, a Cluster or a Sentinel group.
+pub use crate::redis_conn::RedisConnection;
 
 /// Handle to the state store. Cheap to clone; reconnects by itself.
 #[derive(Clone)]
@@ -382,22 +380,7 @@ impl Store {
         prefix: &str,
         ttl: Duration,
     ) -> Result<Store, redis::RedisError> {
-        let client = redis::Client::open(url)?;
-        // One plain connection first, so that a wrong address or password
-        // fails at once: the manager retries its first connection too (six
-        // times with backoff, about 10 s), which is right for reconnects only.
-        let probe = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(5)))
-            .set_response_timeout(Some(Duration::from_secs(5)));
-        drop(
-            client
-                .get_multiplexed_async_connection_with_config(&probe)
-                .await?,
-        );
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(5)))
-            .set_response_timeout(Some(Duration::from_secs(5)));
-        let conn = ConnectionManager::new_with_config(client, config).await?;
+        let conn = RedisConnection::open(url).await?;
         Ok(Store {
             conn,
             prefix: prefix.to_string(),
@@ -697,6 +680,27 @@ impl Store {
     pub async fn delete_all(&self) -> Result<u64, redis::RedisError> {
         let mut c = self.conn.clone();
         let pattern = format!("{}:*", self.prefix);
+        if let RedisConnection::Cluster(cluster) = &mut c {
+            // SCAN walks one node: ask every master, delete key by key
+            // (the keys are in many slots).
+            use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo};
+            let keys: Vec<String> = redis::from_redis_value(
+                cluster
+                    .route_command(
+                        redis::cmd("KEYS").arg(&pattern).clone(),
+                        RoutingInfo::MultiNode((
+                            MultipleNodeRoutingInfo::AllMasters,
+                            Some(ResponsePolicy::CombineArrays),
+                        )),
+                    )
+                    .await?,
+            )?;
+            let mut deleted = 0;
+            for key in keys {
+                deleted += c.del::<_, u64>(key).await?;
+            }
+            return Ok(deleted);
+        }
         let mut cursor: u64 = 0;
         let mut deleted = 0;
         loop {
