@@ -163,6 +163,10 @@ enum Command {
         /// stream, idle CPU and agent-message relay latency at 500/s.
         #[arg(long)]
         live: Option<usize>,
+        /// Instead of throughput: the intake router alone (the deployment's
+        /// ceiling): --count escalations routed to the shard queues.
+        #[arg(long)]
+        intake: bool,
     },
     /// Check each org's provider set-up against its admin guide (read-only).
     ///
@@ -370,6 +374,7 @@ async fn run(command: Command) -> Result<(), String> {
             count,
             conversations,
             live,
+            intake,
         } => {
             let _telemetry = escalator::telemetry::init("error");
             let mut settings = Settings::defaults();
@@ -381,6 +386,7 @@ async fn run(command: Command) -> Result<(), String> {
             let mode = match (conversations, live) {
                 (_, Some(streams)) => escalator::bench::Mode::Live { streams },
                 (Some(conversations), None) => escalator::bench::Mode::Memory { conversations },
+                (None, None) if intake => escalator::bench::Mode::Intake { count },
                 (None, None) if ingress.ingress => escalator::bench::Mode::Ingress {
                     count,
                     clients: ingress.clients,

@@ -9,6 +9,7 @@
 mod baseline;
 mod cpu;
 mod ingress;
+mod intake;
 mod isolation;
 mod live;
 mod measure;
@@ -45,12 +46,15 @@ pub enum Mode {
     Memory { conversations: usize },
     /// The webhook ingress: `count` valid webhooks from `clients` concurrent clients.
     Ingress { count: usize, clients: usize },
+    /// The intake router alone: `count` escalations routed to the shard queues.
+    Intake { count: usize },
 }
 
 enum Outcome {
     Throughput(Box<report::Report>),
     Memory(memory::MemoryReport),
     Live(live::LiveReport),
+    Intake(intake::IntakeReport),
 }
 
 impl Outcome {
@@ -59,6 +63,7 @@ impl Outcome {
             Outcome::Throughput(r) => r.print(),
             Outcome::Memory(r) => r.print(),
             Outcome::Live(r) => r.print(),
+            Outcome::Intake(r) => r.print(),
         }
     }
 }
@@ -68,7 +73,9 @@ pub async fn run(settings: Settings, mode: Mode) -> Result<(), String> {
         return ingress::run(&settings, count, clients).await;
     }
     match mode {
-        Mode::Throughput { count: 0 } => return Err("--count must be at least 1".into()),
+        Mode::Throughput { count: 0 } | Mode::Intake { count: 0 } => {
+            return Err("--count must be at least 1".into());
+        }
         Mode::Memory { conversations: 0 } => {
             return Err("--conversations must be at least 1".into());
         }
@@ -85,6 +92,9 @@ pub async fn run(settings: Settings, mode: Mode) -> Result<(), String> {
         }
         Mode::Live { streams } => {
             println!("escalator bench: {streams} live Salesforce chats held by one worker")
+        }
+        Mode::Intake { count } => {
+            println!("escalator bench: {count} messages through the intake router alone")
         }
         Mode::Ingress { .. } => {}
     }
@@ -133,6 +143,10 @@ async fn stages(settings: &Settings, mode: Mode) -> Result<Outcome, String> {
     let count = match mode {
         Mode::Throughput { count } => count,
         Mode::Ingress { .. } => return Err("the ingress benchmark runs on its own".into()),
+        Mode::Intake { count } => {
+            println!("\nintake: a worker that only routes");
+            return intake::run(settings, count).await.map(Outcome::Intake);
+        }
         Mode::Live { streams } => {
             println!("\nlive: starting the simulator (own process) and a worker");
             return live::run(settings, streams).await.map(Outcome::Live);

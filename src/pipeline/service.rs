@@ -110,6 +110,18 @@ impl Worker {
         })
     }
 
+    /// Run only the intake router until `stop`: messages are routed to
+    /// their shard queues and stay there (`escalator bench --intake`, the
+    /// router's ceiling).
+    #[cfg(feature = "tooling")]
+    pub async fn route_only(&self, stop: CancellationToken) -> Result<(), InfraError> {
+        let conn = amqp::connect(&self.ctx.settings.amqp_url, "escalator-bench-intake").await?;
+        let keeper = ChannelKeeper::default();
+        let result = intake::run(&self.ctx, &conn, &keeper, stop).await;
+        let _ = conn.close(200, ShortString::from("bye")).await;
+        result
+    }
+
     /// Serve `/metrics`, `/healthz` and `/readyz` on `ESCALATOR_METRICS_LISTEN`
     /// until `stop` (nothing when it is `off`); the bound address.
     pub async fn serve_health(
