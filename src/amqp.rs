@@ -7,10 +7,15 @@ use lapin::{
 };
 use std::time::Duration;
 
-/// Connect to RabbitMQ. `name` shows up in the management UI.
+/// Connect to RabbitMQ. `name` shows up in the management UI. A URL that
+/// lists several nodes (`amqp://u:p@a:5672,b:5672/vh`) tries them in turn
+/// (`amqp_addresses`).
 pub async fn connect(url: &str, name: &str) -> Result<Connection, lapin::Error> {
-    let props = ConnectionProperties::default().with_connection_name(LongString::from(name));
-    Connection::connect(url, props).await
+    crate::amqp_addresses::connect_any(url, |node| async move {
+        let props = ConnectionProperties::default().with_connection_name(LongString::from(name));
+        Connection::connect(&node, props).await
+    })
+    .await
 }
 
 /// Connect, or explain which broker could not be reached, why, and what to

@@ -1,6 +1,7 @@
 //! escalator: hands AI-chat conversations over to Salesforce and Zendesk support
 //! teams and carries the agents' replies back.
 pub mod amqp;
+pub mod amqp_addresses;
 #[cfg(feature = "tooling")]
 pub mod bench;
 pub mod config;
