@@ -31,6 +31,7 @@ pub mod settings;
 pub mod sim;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod topology;
 pub mod trace_context;
 pub mod webhook;

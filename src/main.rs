@@ -39,6 +39,9 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process: the worker's settings (with their TLS group)
+// make its variant large, which costs nothing here.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the worker service (consumes escalator.inbound).
@@ -247,6 +250,7 @@ async fn run(command: Command) -> Result<(), String> {
     match command {
         Command::Worker { settings, config } => {
             let _telemetry = escalator::telemetry::init("info");
+            escalator::tls::install(&settings.tls)?;
             let config = Config::load(&config).map_err(|e| e.to_string())?;
             let worker = Worker::start(settings, config)
                 .await
@@ -265,6 +269,7 @@ async fn run(command: Command) -> Result<(), String> {
             config,
         } => {
             let _telemetry = escalator::telemetry::init("info");
+            escalator::tls::process()?;
             ingress.validate()?;
             let config = Config::load(&config).map_err(|e| e.to_string())?;
             let options = escalator::ingress::IngressOptions::from_args(amqp.amqp_url, &ingress);
@@ -290,6 +295,7 @@ async fn run(command: Command) -> Result<(), String> {
             management_url,
         } => {
             let _telemetry = escalator::telemetry::init("warn");
+            escalator::tls::process()?;
             let mut settings = Settings::defaults();
             settings.amqp_url = amqp.amqp_url;
             settings.redis_url = redis.redis_url;
@@ -301,6 +307,7 @@ async fn run(command: Command) -> Result<(), String> {
             print,
             vhost,
         } => {
+            escalator::tls::process()?;
             let mut settings = Settings::defaults();
             settings.amqp_url = amqp.amqp_url;
             settings.shards = shape.shards;
@@ -332,7 +339,10 @@ async fn run(command: Command) -> Result<(), String> {
             );
             Ok(())
         }
-        Command::Dlq { amqp, command } => dlq(&amqp.amqp_url, command).await,
+        Command::Dlq { amqp, command } => {
+            escalator::tls::process()?;
+            dlq(&amqp.amqp_url, command).await
+        }
         #[cfg(feature = "tooling")]
         Command::Bench {
             amqp,
@@ -344,6 +354,7 @@ async fn run(command: Command) -> Result<(), String> {
             live,
         } => {
             let _telemetry = escalator::telemetry::init("error");
+            escalator::tls::process()?;
             let mut settings = Settings::defaults();
             settings.amqp_url = amqp.amqp_url;
             settings.redis_url = redis.redis_url;

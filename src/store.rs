@@ -117,6 +117,36 @@ pub struct Store {
     ttl_secs: i64,
 }
 
+/// A client for `url`: for `rediss://`, verifying the server against the CA
+/// bundle (else the system's roots), presenting the client certificate, or
+/// (tests only) verifying nothing.
+fn client(url: &str, tls: &crate::tls::BrokerTls) -> Result<redis::Client, redis::RedisError> {
+    use redis::IntoConnectionInfo;
+    let info = url.into_connection_info()?;
+    let redis::ConnectionAddr::TcpTls { host, port, .. } = info.addr().clone() else {
+        return redis::Client::open(info);
+    };
+    if tls.is_default() {
+        return redis::Client::open(info);
+    }
+    let info = info.set_addr(redis::ConnectionAddr::TcpTls {
+        host,
+        port,
+        insecure: tls.insecure_skip_verify,
+        tls_params: None,
+    });
+    redis::Client::build_with_tls(
+        info,
+        redis::TlsCertificates {
+            client_tls: tls.client.as_ref().map(|id| redis::ClientTlsConfig {
+                client_cert: id.cert_pem.clone(),
+                client_key: id.key_pem.clone(),
+            }),
+            root_cert: tls.ca_pem.clone(),
+        },
+    )
+}
+
 /// Start handling a message, in one trip: is it done already? is the
 /// conversation's lease held by another runner? may it run now (parked
 /// messages of its conversation; a head overdue by more than the grace is
@@ -377,12 +407,32 @@ pub struct Begin {
 }
 
 impl Store {
+    /// Connect, with the process's TLS material for `rediss://` URLs
+    /// ([`crate::tls::process`]).
     pub async fn connect(
         url: &str,
         prefix: &str,
         ttl: Duration,
     ) -> Result<Store, redis::RedisError> {
-        let client = redis::Client::open(url)?;
+        let tls = crate::tls::process().map_err(|e| {
+            redis::RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "invalid TLS settings",
+                e,
+            ))
+        })?;
+        Store::connect_with(url, prefix, ttl, &tls.redis).await
+    }
+
+    /// Connect with this TLS material (the one code path of every
+    /// connection; a plain `redis://` URL ignores it).
+    pub async fn connect_with(
+        url: &str,
+        prefix: &str,
+        ttl: Duration,
+        tls: &crate::tls::BrokerTls,
+    ) -> Result<Store, redis::RedisError> {
+        let client = client(url, tls)?;
         // One plain connection first, so that a wrong address or password
         // fails at once: the manager retries its first connection too (six
         // times with backoff, about 10 s), which is right for reconnects only.
