@@ -2,7 +2,10 @@
 use clap::{Parser, Subcommand};
 use escalator::config::Config;
 use escalator::pipeline::service::Worker;
-use escalator::settings::{AmqpArgs, DlqArgs, DoctorArgs, IngressArgs, Settings, ShapeArgs};
+use escalator::settings::{
+    AmqpArgs, AmqpTlsArgs, DlqArgs, DoctorArgs, IngressArgs, RedisTlsArgs, Settings, ShapeArgs,
+    TlsArgs,
+};
 #[cfg(feature = "tooling")]
 use escalator::settings::{IngressBenchArgs, LoadArgs, RedisArgs};
 use escalator::topology::Topology;
@@ -67,6 +70,8 @@ enum Command {
         #[command(flatten)]
         amqp: AmqpArgs,
         #[command(flatten)]
+        tls: AmqpTlsArgs,
+        #[command(flatten)]
         ingress: IngressArgs,
         /// Per-org configuration file (TOML): the same file as the worker's.
         #[arg(long, env = "ESCALATOR_CONFIG", default_value = "escalator.toml")]
@@ -90,7 +95,11 @@ enum Command {
         #[command(flatten)]
         amqp: AmqpArgs,
         #[command(flatten)]
+        tls: AmqpTlsArgs,
+        #[command(flatten)]
         redis: RedisArgs,
+        #[command(flatten)]
+        redis_tls: RedisTlsArgs,
         /// RabbitMQ management API, used to create the demo's vhost
         /// (without it, `rabbitmqctl` on the PATH is used).
         #[arg(long, env = "ESCALATOR_MANAGEMENT_URL", default_value = escalator::scratch::MANAGEMENT_URL)]
@@ -104,6 +113,8 @@ enum Command {
     Topology {
         #[command(flatten)]
         amqp: AmqpArgs,
+        #[command(flatten)]
+        tls: AmqpTlsArgs,
         #[command(flatten)]
         shape: ShapeArgs,
         /// Print definitions JSON instead of declaring.
@@ -122,6 +133,8 @@ enum Command {
     Dlq {
         #[command(flatten)]
         amqp: AmqpArgs,
+        #[command(flatten)]
+        tls: AmqpTlsArgs,
         #[command(subcommand)]
         command: DlqCommand,
     },
@@ -133,7 +146,11 @@ enum Command {
         #[command(flatten)]
         amqp: AmqpArgs,
         #[command(flatten)]
+        tls: AmqpTlsArgs,
+        #[command(flatten)]
         redis: RedisArgs,
+        #[command(flatten)]
+        redis_tls: RedisTlsArgs,
         #[command(flatten)]
         load: LoadArgs,
         #[command(flatten)]
@@ -265,11 +282,12 @@ async fn run(command: Command) -> Result<(), String> {
         }
         Command::Ingress {
             amqp,
+            tls,
             ingress,
             config,
         } => {
             let _telemetry = escalator::telemetry::init("info");
-            escalator::tls::process()?;
+            escalator::tls::install(&tls.into())?;
             ingress.validate()?;
             let config = Config::load(&config).map_err(|e| e.to_string())?;
             let options = escalator::ingress::IngressOptions::from_args(amqp.amqp_url, &ingress);
@@ -291,11 +309,16 @@ async fn run(command: Command) -> Result<(), String> {
         #[cfg(feature = "tooling")]
         Command::Demo {
             amqp,
+            tls,
             redis,
+            redis_tls,
             management_url,
         } => {
             let _telemetry = escalator::telemetry::init("warn");
-            escalator::tls::process()?;
+            escalator::tls::install(&TlsArgs {
+                amqp: tls,
+                redis: redis_tls,
+            })?;
             let mut settings = Settings::defaults();
             settings.amqp_url = amqp.amqp_url;
             settings.redis_url = redis.redis_url;
@@ -303,11 +326,12 @@ async fn run(command: Command) -> Result<(), String> {
         }
         Command::Topology {
             amqp,
+            tls,
             shape,
             print,
             vhost,
         } => {
-            escalator::tls::process()?;
+            escalator::tls::install(&tls.into())?;
             let mut settings = Settings::defaults();
             settings.amqp_url = amqp.amqp_url;
             settings.shards = shape.shards;
@@ -339,14 +363,16 @@ async fn run(command: Command) -> Result<(), String> {
             );
             Ok(())
         }
-        Command::Dlq { amqp, command } => {
-            escalator::tls::process()?;
+        Command::Dlq { amqp, tls, command } => {
+            escalator::tls::install(&tls.into())?;
             dlq(&amqp.amqp_url, command).await
         }
         #[cfg(feature = "tooling")]
         Command::Bench {
             amqp,
+            tls,
             redis,
+            redis_tls,
             load,
             ingress,
             count,
@@ -354,7 +380,10 @@ async fn run(command: Command) -> Result<(), String> {
             live,
         } => {
             let _telemetry = escalator::telemetry::init("error");
-            escalator::tls::process()?;
+            escalator::tls::install(&TlsArgs {
+                amqp: tls,
+                redis: redis_tls,
+            })?;
             let mut settings = Settings::defaults();
             settings.amqp_url = amqp.amqp_url;
             settings.redis_url = redis.redis_url;

@@ -100,10 +100,20 @@ pub struct Settings {
 }
 
 /// TLS to RabbitMQ (`amqps://` URLs) and Redis (`rediss://` URLs): every
-/// command that connects takes these. Files are PEM; unset CA: the system's
-/// roots. Loaded and checked by [`crate::tls`].
+/// command that connects takes the group of each broker it uses. Files are
+/// PEM; unset CA: the system's roots. Loaded and checked by [`crate::tls`].
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct TlsArgs {
+    #[command(flatten)]
+    pub amqp: AmqpTlsArgs,
+    #[command(flatten)]
+    pub redis: RedisTlsArgs,
+}
+
+/// TLS to RabbitMQ (and the tests-only switch, which covers both brokers:
+/// every command that uses Redis uses RabbitMQ too).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct AmqpTlsArgs {
     /// CA bundle (PEM) that RabbitMQ's certificate must chain to.
     #[arg(long, env = crate::tls::AMQP_CA_FILE_ENV)]
     pub amqp_ca_file: Option<std::path::PathBuf>,
@@ -113,6 +123,15 @@ pub struct TlsArgs {
     /// Private key (PEM, unencrypted) of the RabbitMQ client certificate.
     #[arg(long, env = crate::tls::AMQP_CLIENT_KEY_FILE_ENV)]
     pub amqp_client_key_file: Option<std::path::PathBuf>,
+    /// TESTS ONLY: accept any server certificate from RabbitMQ and Redis
+    /// (a warning is logged at every start).
+    #[arg(long, env = crate::tls::INSECURE_SKIP_VERIFY_ENV)]
+    pub tls_insecure_skip_verify: bool,
+}
+
+/// TLS to Redis.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RedisTlsArgs {
     /// CA bundle (PEM) that Redis's certificate must chain to.
     #[arg(long, env = crate::tls::REDIS_CA_FILE_ENV)]
     pub redis_ca_file: Option<std::path::PathBuf>,
@@ -122,10 +141,16 @@ pub struct TlsArgs {
     /// Private key (PEM, unencrypted) of the Redis client certificate.
     #[arg(long, env = crate::tls::REDIS_CLIENT_KEY_FILE_ENV)]
     pub redis_client_key_file: Option<std::path::PathBuf>,
-    /// TESTS ONLY: accept any server certificate from RabbitMQ and Redis
-    /// (a warning is logged at every start).
-    #[arg(long, env = crate::tls::INSECURE_SKIP_VERIFY_ENV)]
-    pub tls_insecure_skip_verify: bool,
+}
+
+impl From<AmqpTlsArgs> for TlsArgs {
+    /// The settings of a command that uses RabbitMQ only.
+    fn from(amqp: AmqpTlsArgs) -> TlsArgs {
+        TlsArgs {
+            amqp,
+            redis: RedisTlsArgs::default(),
+        }
+    }
 }
 
 impl TlsArgs {
@@ -509,6 +534,19 @@ mod tests {
             err.contains("ESCALATOR_SHARDS")
                 && err.contains("ESCALATOR_PREFETCH")
                 && err.contains("ESCALATOR_LEASE_TTL_MS"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn tls_files_are_checked_at_start_naming_the_setting() {
+        let mut s = Settings::defaults();
+        s.tls.redis.redis_ca_file = Some(std::path::PathBuf::from("/nonexistent/escalator/ca.pem"));
+        s.tls.amqp.amqp_client_key_file = Some(std::path::PathBuf::from("/nonexistent/key.pem"));
+        let err = s.validate().unwrap_err();
+        assert!(
+            err.contains("ESCALATOR_REDIS_CA_FILE")
+                && err.contains("ESCALATOR_AMQP_CLIENT_KEY_FILE is set but ESCALATOR_AMQP_CLIENT_CERT_FILE is not"),
             "{err}"
         );
     }

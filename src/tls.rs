@@ -95,29 +95,29 @@ impl Tls {
     pub fn load(args: &TlsArgs) -> Result<Tls, Vec<TlsError>> {
         let mut problems = Vec::new();
         let amqp = broker(
-            (AMQP_CA_FILE_ENV, args.amqp_ca_file.as_deref()),
+            (AMQP_CA_FILE_ENV, args.amqp.amqp_ca_file.as_deref()),
             (
                 AMQP_CLIENT_CERT_FILE_ENV,
-                args.amqp_client_cert_file.as_deref(),
+                args.amqp.amqp_client_cert_file.as_deref(),
             ),
             (
                 AMQP_CLIENT_KEY_FILE_ENV,
-                args.amqp_client_key_file.as_deref(),
+                args.amqp.amqp_client_key_file.as_deref(),
             ),
-            args.tls_insecure_skip_verify,
+            args.amqp.tls_insecure_skip_verify,
             &mut problems,
         );
         let redis = broker(
-            (REDIS_CA_FILE_ENV, args.redis_ca_file.as_deref()),
+            (REDIS_CA_FILE_ENV, args.redis.redis_ca_file.as_deref()),
             (
                 REDIS_CLIENT_CERT_FILE_ENV,
-                args.redis_client_cert_file.as_deref(),
+                args.redis.redis_client_cert_file.as_deref(),
             ),
             (
                 REDIS_CLIENT_KEY_FILE_ENV,
-                args.redis_client_key_file.as_deref(),
+                args.redis.redis_client_key_file.as_deref(),
             ),
-            args.tls_insecure_skip_verify,
+            args.amqp.tls_insecure_skip_verify,
             &mut problems,
         );
         if problems.is_empty() {
@@ -234,7 +234,7 @@ pub fn process() -> Result<Arc<Tls>, String> {
 }
 
 fn load_logged(args: &TlsArgs) -> Result<Arc<Tls>, String> {
-    if args.tls_insecure_skip_verify {
+    if args.amqp.tls_insecure_skip_verify {
         warn_insecure();
     }
     Tls::load(args).map(Arc::new).map_err(|problems| {
@@ -341,11 +341,9 @@ mod tests {
     fn names_the_setting_of_a_missing_or_non_pem_file_without_its_contents() {
         let dir = std::env::temp_dir().join(format!("escalator-tls-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let args = TlsArgs {
-            amqp_ca_file: Some(dir.join("absent.pem")),
-            redis_ca_file: Some(file(&dir, "garbage.pem", "SECRET-CANARY not pem")),
-            ..TlsArgs::default()
-        };
+        let mut args = TlsArgs::default();
+        args.amqp.amqp_ca_file = Some(dir.join("absent.pem"));
+        args.redis.redis_ca_file = Some(file(&dir, "garbage.pem", "SECRET-CANARY not pem"));
         let problems = Tls::load(&args).unwrap_err();
         let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
         let text = text.join("\n");
@@ -357,11 +355,9 @@ mod tests {
 
     #[test]
     fn a_client_certificate_needs_its_key_and_the_key_its_certificate() {
-        let args = TlsArgs {
-            amqp_client_cert_file: Some(PathBuf::from("/nonexistent/cert.pem")),
-            redis_client_key_file: Some(PathBuf::from("/nonexistent/key.pem")),
-            ..TlsArgs::default()
-        };
+        let mut args = TlsArgs::default();
+        args.amqp.amqp_client_cert_file = Some(PathBuf::from("/nonexistent/cert.pem"));
+        args.redis.redis_client_key_file = Some(PathBuf::from("/nonexistent/key.pem"));
         let problems = Tls::load(&args).unwrap_err();
         assert!(problems.iter().any(|p| matches!(
             p,
