@@ -123,7 +123,13 @@ pub struct Store {
 fn client(url: &str, tls: &crate::tls::BrokerTls) -> Result<redis::Client, redis::RedisError> {
     use redis::IntoConnectionInfo;
     let info = url.into_connection_info()?;
-    let redis::ConnectionAddr::TcpTls { host, port, .. } = info.addr().clone() else {
+    let redis::ConnectionAddr::TcpTls {
+        host,
+        port,
+        insecure,
+        ..
+    } = info.addr().clone()
+    else {
         return redis::Client::open(info);
     };
     if tls.is_default() {
@@ -132,7 +138,8 @@ fn client(url: &str, tls: &crate::tls::BrokerTls) -> Result<redis::Client, redis
     let info = info.set_addr(redis::ConnectionAddr::TcpTls {
         host,
         port,
-        insecure: tls.insecure_skip_verify,
+        // `rediss://host/#insecure` in the URL, or the tests-only setting.
+        insecure: insecure || tls.insecure_skip_verify,
         tls_params: None,
     });
     redis::Client::build_with_tls(

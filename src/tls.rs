@@ -339,18 +339,17 @@ mod tests {
 
     #[test]
     fn names_the_setting_of_a_missing_or_non_pem_file_without_its_contents() {
-        let dir = std::env::temp_dir().join(format!("escalator-tls-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         let mut args = TlsArgs::default();
         args.amqp.amqp_ca_file = Some(dir.join("absent.pem"));
-        args.redis.redis_ca_file = Some(file(&dir, "garbage.pem", "SECRET-CANARY not pem"));
+        args.redis.redis_ca_file = Some(file(dir, "garbage.pem", "SECRET-CANARY not pem"));
         let problems = Tls::load(&args).unwrap_err();
         let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
         let text = text.join("\n");
         assert!(text.contains(AMQP_CA_FILE_ENV), "{text}");
         assert!(text.contains(REDIS_CA_FILE_ENV), "{text}");
         assert!(!text.contains("SECRET-CANARY"), "{text}");
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

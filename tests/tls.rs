@@ -117,20 +117,38 @@ struct TlsProxy {
 
 impl TlsProxy {
     async fn start(server: &Leaf) -> TlsProxy {
+        TlsProxy::start_with(server, None).await
+    }
+
+    /// `client_ca`: clients must present a certificate this CA signed.
+    async fn start_with(server: &Leaf, client_ca: Option<&Ca>) -> TlsProxy {
         let certs: Vec<_> =
             rustls::pki_types::CertificateDer::pem_slice_iter(server.cert_pem.as_bytes())
                 .collect::<Result<_, _>>()
                 .unwrap();
         let key =
             rustls::pki_types::PrivateKeyDer::from_pem_slice(server.key_pem.as_bytes()).unwrap();
-        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .unwrap();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap();
+        let builder = match client_ca {
+            None => builder.with_no_client_auth(),
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca.pem.as_bytes()) {
+                    roots.add(c.unwrap()).unwrap();
+                }
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider,
+                )
+                .build()
+                .unwrap();
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let config = builder.with_single_cert(certs, key).unwrap();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -248,6 +266,38 @@ async fn amqps_with_the_ca_publishes_and_consumes_and_a_wrong_ca_is_refused() {
     round_trip(&conn).await;
     let _ = conn.close(200, ShortString::from("bye")).await;
 
+    drop(proxy);
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqps_that_requires_a_client_certificate_takes_ours_and_refuses_none() {
+    let env = TestEnv::new("tls-amqp-mtls").await;
+    let ca = Ca::new("escalator test CA");
+    let proxy = TlsProxy::start_with(&ca.server(), Some(&ca)).await;
+    let url = proxy.url(&env);
+    let client = ca.client();
+    let with_cert = BrokerTls {
+        client: Some(ClientIdentity {
+            cert_pem: client.cert_pem.into_bytes(),
+            key_pem: client.key_pem.into_bytes(),
+        }),
+        ..trusting(&ca)
+    };
+    let conn = amqp::connect_with(&url, "test-tls-mtls", &with_cert)
+        .await
+        .unwrap();
+    round_trip(&conn).await;
+    let _ = conn.close(200, ShortString::from("bye")).await;
+
+    let err = amqp::connect_with(&url, "test-tls-no-cert", &trusting(&ca))
+        .await
+        .unwrap_err();
+    let message = escalator::explain::amqp(&url, &err);
+    assert!(
+        message.contains("ESCALATOR_AMQP_CLIENT_CERT_FILE"),
+        "{message}"
+    );
     drop(proxy);
     env.cleanup().await;
 }
