@@ -3,11 +3,10 @@ use clap::{Parser, Subcommand};
 use escalator::config::Config;
 use escalator::pipeline::service::Worker;
 use escalator::settings::{
-    AmqpArgs, AmqpTlsArgs, DlqArgs, DoctorArgs, IngressArgs, RedisTlsArgs, Settings, ShapeArgs,
-    TlsArgs,
+    AmqpArgs, AmqpTlsArgs, DlqArgs, DoctorArgs, IngressArgs, Settings, ShapeArgs,
 };
 #[cfg(feature = "tooling")]
-use escalator::settings::{IngressBenchArgs, LoadArgs, RedisArgs};
+use escalator::settings::{IngressBenchArgs, LoadArgs, RedisArgs, RedisTlsArgs, TlsArgs};
 use escalator::topology::Topology;
 use std::path::PathBuf;
 use std::process::ExitCode;
