@@ -243,8 +243,15 @@ fn load_logged(args: &TlsArgs) -> Result<Arc<Tls>, String> {
     })
 }
 
-/// The warning every start with verification off logs.
+/// The warning every start with verification off logs (on stderr when the
+/// command logs nothing, as `topology` and `dlq`).
 pub fn warn_insecure() {
+    if !tracing::dispatcher::has_been_set() {
+        eprintln!(
+            "escalator: WARNING: TLS certificate verification is off for RabbitMQ and Redis \
+             ({INSECURE_SKIP_VERIFY_ENV}): for tests only"
+        );
+    }
     tracing::warn!(
         setting = INSECURE_SKIP_VERIFY_ENV,
         "TLS CERTIFICATE VERIFICATION IS OFF for RabbitMQ and Redis: any server can pose as \

@@ -569,3 +569,39 @@ async fn skipping_verification_is_logged_as_a_warning_at_start() {
     drop(redis);
     env.cleanup().await;
 }
+
+// ------------------------------------------------------------ settings at start
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_tls_file_stops_a_command_at_start_naming_the_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = write(dir.path(), "client.key", &Ca::new("x").client().key_pem);
+    // (variables, what stderr must say)
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str]);
+    let cases: [Case; 2] = [
+        (
+            &[("ESCALATOR_AMQP_CA_FILE", "/nonexistent/escalator/ca.pem")],
+            &["ESCALATOR_AMQP_CA_FILE", "cannot read"],
+        ),
+        (
+            &[("ESCALATOR_AMQP_CLIENT_KEY_FILE", key.to_str().unwrap())],
+            &["ESCALATOR_AMQP_CLIENT_KEY_FILE is set but ESCALATOR_AMQP_CLIENT_CERT_FILE is not"],
+        ),
+    ];
+    for (vars, wanted) in cases {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_escalator"))
+            .arg("topology")
+            // Never reached: the settings are refused first.
+            .env("ESCALATOR_AMQP_URL", "amqps://guest:guest@127.0.0.1:1/%2f")
+            .envs(vars.iter().copied())
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(WAIT, out).await.unwrap().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        for w in wanted {
+            assert!(stderr.contains(w), "{w} missing: {stderr}");
+        }
+        assert!(!stderr.contains("PRIVATE KEY"), "{stderr}");
+    }
+}
