@@ -7,14 +7,76 @@ use lapin::{
 };
 use std::time::Duration;
 
-/// Connect to RabbitMQ. `name` shows up in the management UI. A URL that
-/// lists several nodes (`amqp://u:p@a:5672,b:5672/vh`) tries them in turn
-/// (`amqp_addresses`).
+/// Connect to RabbitMQ, with the process's TLS material for `amqps://`
+/// URLs ([`crate::tls::process`]). `name` shows up in the management UI.
 pub async fn connect(url: &str, name: &str) -> Result<Connection, lapin::Error> {
-    crate::amqp_addresses::connect_any(url, |node| async move {
-        let props = ConnectionProperties::default().with_connection_name(LongString::from(name));
-        Connection::connect(&node, props).await
-    })
+    let tls = crate::tls::process().map_err(|e| lapin::Error::from(std::io::Error::other(e)))?;
+    connect_with(url, name, &tls.amqp).await
+}
+
+/// Connect to RabbitMQ with this TLS material (the one code path of every
+/// connection; a plain `amqp://` URL ignores it). A URL that lists several
+/// nodes (`amqp://u:p@a:5672,b:5672/vh`) tries them in turn
+/// (`amqp_addresses`).
+pub async fn connect_with(
+    url: &str,
+    name: &str,
+    tls: &crate::tls::BrokerTls,
+) -> Result<Connection, lapin::Error> {
+    crate::amqp_addresses::connect_any(url, |node| connect_node(node, name, tls)).await
+}
+
+/// Connect to one node.
+async fn connect_node(
+    url: String,
+    name: &str,
+    tls: &crate::tls::BrokerTls,
+) -> Result<Connection, lapin::Error> {
+    let url = url.as_str();
+    let props = ConnectionProperties::default().with_connection_name(LongString::from(name));
+    let runtime = lapin::runtime::default_runtime()?;
+    if !tls.insecure_skip_verify {
+        let config = lapin::tcp::OwnedTLSConfig {
+            identity: tls
+                .client
+                .as_ref()
+                .map(|id| lapin::tcp::OwnedIdentity::PKCS8 {
+                    pem: id.cert_pem.clone(),
+                    key: id.key_pem.clone(),
+                }),
+            cert_chain: tls
+                .ca_pem
+                .as_ref()
+                .map(|pem| String::from_utf8_lossy(pem).into_owned()),
+        };
+        return Connection::connect_with_config(url, props, config, runtime).await;
+    }
+    // Any server certificate accepted (tests only): lapin's own TLS setup
+    // always verifies, so the TLS session is made here with a rustls
+    // configuration that does not.
+    let uri: lapin::uri::AMQPUri = url.parse().map_err(|e: String| {
+        lapin::Error::from(std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+    })?;
+    let config = crate::tls::insecure_client_config(tls.client.as_ref())
+        .map_err(|e| lapin::Error::from(std::io::Error::other(e)))?;
+    let connector = std::sync::Arc::new(lapin::tcp::RustlsConnector::from(config));
+    Connection::connector(
+        uri,
+        runtime,
+        async move |uri: lapin::uri::AMQPUri, runtime| {
+            let host = uri.authority.host.clone();
+            let addrs: Vec<std::net::SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), uri.authority.port))
+                    .await?
+                    .collect();
+            let stream = lapin::tcp::AsyncTcpStream::connect(&runtime, addrs).await?;
+            match uri.scheme {
+                lapin::uri::AMQPScheme::AMQPS => Ok(stream.into_rustls(&connector, &host).await?),
+                _ => Ok(stream),
+            }
+        },
+        props,
+    )
     .await
 }
 

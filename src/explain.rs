@@ -12,7 +12,9 @@ pub fn amqp(url: &str, error: &lapin::Error) -> String {
     let url_redacted = redact_url(url);
     let text = format!("{error} {error:?}");
     let vhost = vhost_of(&url_redacted);
-    let hint = if has(
+    let hint = if let Some(hint) = tls_hint(&text, "RabbitMQ", "AMQP") {
+        hint
+    } else if has(
         &text,
         &["ACCESS_REFUSED", "AccessRefused", "PLAIN login refused"],
     ) {
@@ -61,7 +63,10 @@ pub fn redis(url: &str, error: &redis::RedisError) -> String {
     use redis::ErrorKind;
     let url_redacted = redact_url(url);
     let text = format!("{error} {error:?}");
-    let hint = if matches!(error.kind(), ErrorKind::InvalidClientConfig) {
+    let tls = tls_hint(&text, "Redis", "REDIS");
+    let hint = if let Some(hint) = &tls {
+        hint.as_str()
+    } else if matches!(error.kind(), ErrorKind::InvalidClientConfig) {
         "ESCALATOR_REDIS_URL is not a valid Redis URL: use redis://[:PASSWORD@]HOST:6379/[DB] \
          (rediss:// for TLS)"
     } else if matches!(error.kind(), ErrorKind::AuthenticationFailed)
@@ -76,6 +81,56 @@ pub fn redis(url: &str, error: &redis::RedisError) -> String {
     };
     let error = scrub(&error.to_string(), url);
     format!("cannot reach Redis at {url_redacted}: {error}. {hint}")
+}
+
+/// The hint for a failed TLS handshake, if that is what `text` (an error's
+/// display and debug text) tells of. `var` is `AMQP` or `REDIS`.
+fn tls_hint(text: &str, broker: &str, var: &str) -> Option<String> {
+    let ca = format!("ESCALATOR_{var}_CA_FILE");
+    if has(text, &["invalid TLS settings"]) {
+        Some("fix the TLS setting named above".to_string())
+    } else if has(text, &["UnknownIssuer", "unknown issuer", "BadSignature"]) {
+        Some(format!(
+            "{broker}'s certificate is not signed by the CA in {ca} (or, with {ca} unset, by a CA \
+             this system trusts): point {ca} at the CA bundle that issued {broker}'s certificate \
+             (PEM)"
+        ))
+    } else if has(text, &["NotValidForName", "not valid for name"]) {
+        Some(format!(
+            "{broker}'s certificate does not name the host in ESCALATOR_{var}_URL: connect by a \
+             name the certificate lists (its subject alternative names)"
+        ))
+    } else if has(text, &["Expired", "NotValidYet"]) {
+        Some(format!(
+            "{broker}'s certificate is expired or not yet valid: renew it, or check this \
+             machine's clock"
+        ))
+    } else if has(
+        text,
+        &[
+            "CertificateRequired",
+            "certificate required",
+            "HandshakeFailure",
+            "BadCertificate",
+            "UnknownCA",
+        ],
+    ) {
+        Some(format!(
+            "{broker} refused the TLS handshake, most likely for the client certificate: set \
+             ESCALATOR_{var}_CLIENT_CERT_FILE and ESCALATOR_{var}_CLIENT_KEY_FILE to a \
+             certificate {broker} trusts (and its key)"
+        ))
+    } else if has(
+        text,
+        &["InvalidContentType", "CorruptMessage", "corrupt message"],
+    ) {
+        Some(format!(
+            "the server there does not speak TLS: use the {broker} TLS port, or a plain URL \
+             (amqp://, redis://) for a plain port"
+        ))
+    } else {
+        None
+    }
 }
 
 /// `text` without the URL's password (or its whole user part, see [`url_secret`]).
@@ -111,6 +166,18 @@ mod tests {
         let url = "amqp:guest:CANARY@h";
         let e = scrub("Invalid URL: 'amqp:guest:CANARY@h'", url);
         assert!(!e.contains("CANARY"), "{e}");
+    }
+
+    #[test]
+    fn a_wrong_ca_names_the_ca_setting() {
+        let hint = tls_hint(
+            "IOError(Custom { kind: InvalidData, error: InvalidCertificate(UnknownIssuer) })",
+            "RabbitMQ",
+            "AMQP",
+        )
+        .unwrap();
+        assert!(hint.contains("ESCALATOR_AMQP_CA_FILE"), "{hint}");
+        assert!(tls_hint("Connection refused", "Redis", "REDIS").is_none());
     }
 
     #[test]

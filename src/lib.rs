@@ -21,7 +21,6 @@ pub mod live_stream;
 pub mod observability;
 pub mod pipeline;
 pub mod provider;
-#[cfg(feature = "tooling")]
 pub mod redis_conn;
 #[cfg(feature = "tooling")]
 pub mod sandbox;
@@ -33,6 +32,7 @@ pub mod settings;
 pub mod sim;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod topology;
 pub mod trace_context;
 pub mod webhook;

@@ -2,9 +2,11 @@
 use clap::{Parser, Subcommand};
 use escalator::config::Config;
 use escalator::pipeline::service::Worker;
-use escalator::settings::{AmqpArgs, DlqArgs, DoctorArgs, IngressArgs, Settings, ShapeArgs};
+use escalator::settings::{
+    AmqpArgs, AmqpTlsArgs, DlqArgs, DoctorArgs, IngressArgs, Settings, ShapeArgs,
+};
 #[cfg(feature = "tooling")]
-use escalator::settings::{IngressBenchArgs, LoadArgs, RedisArgs};
+use escalator::settings::{IngressBenchArgs, LoadArgs, RedisArgs, RedisTlsArgs, TlsArgs};
 use escalator::topology::Topology;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,6 +41,9 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process: the worker's settings (with their TLS group)
+// make its variant large, which costs nothing here.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the worker service (consumes escalator.inbound).
@@ -63,6 +68,8 @@ enum Command {
     Ingress {
         #[command(flatten)]
         amqp: AmqpArgs,
+        #[command(flatten)]
+        tls: AmqpTlsArgs,
         #[command(flatten)]
         ingress: IngressArgs,
         /// Per-org configuration file (TOML): the same file as the worker's.
@@ -103,7 +110,11 @@ enum Command {
         #[command(flatten)]
         amqp: AmqpArgs,
         #[command(flatten)]
+        tls: AmqpTlsArgs,
+        #[command(flatten)]
         redis: RedisArgs,
+        #[command(flatten)]
+        redis_tls: RedisTlsArgs,
         /// RabbitMQ management API, used to create the demo's vhost
         /// (without it, `rabbitmqctl` on the PATH is used).
         #[arg(long, env = "ESCALATOR_MANAGEMENT_URL", default_value = escalator::scratch::MANAGEMENT_URL)]
@@ -117,6 +128,8 @@ enum Command {
     Topology {
         #[command(flatten)]
         amqp: AmqpArgs,
+        #[command(flatten)]
+        tls: AmqpTlsArgs,
         #[command(flatten)]
         shape: ShapeArgs,
         /// Print definitions JSON instead of declaring.
@@ -135,6 +148,8 @@ enum Command {
     Dlq {
         #[command(flatten)]
         amqp: AmqpArgs,
+        #[command(flatten)]
+        tls: AmqpTlsArgs,
         #[command(subcommand)]
         command: DlqCommand,
     },
@@ -146,7 +161,11 @@ enum Command {
         #[command(flatten)]
         amqp: AmqpArgs,
         #[command(flatten)]
+        tls: AmqpTlsArgs,
+        #[command(flatten)]
         redis: RedisArgs,
+        #[command(flatten)]
+        redis_tls: RedisTlsArgs,
         #[command(flatten)]
         load: LoadArgs,
         #[command(flatten)]
@@ -267,6 +286,7 @@ async fn run(command: Command) -> Result<(), String> {
     match command {
         Command::Worker { settings, config } => {
             let _telemetry = escalator::telemetry::init("info");
+            escalator::tls::install(&settings.tls)?;
             let config = Config::load(&config).map_err(|e| e.to_string())?;
             let worker = Worker::start(settings, config)
                 .await
@@ -281,10 +301,12 @@ async fn run(command: Command) -> Result<(), String> {
         }
         Command::Ingress {
             amqp,
+            tls,
             ingress,
             config,
         } => {
             let _telemetry = escalator::telemetry::init("info");
+            escalator::tls::install(&tls.into())?;
             ingress.validate()?;
             let config = Config::load(&config).map_err(|e| e.to_string())?;
             let options = escalator::ingress::IngressOptions::from_args(amqp.amqp_url, &ingress);
@@ -318,10 +340,16 @@ async fn run(command: Command) -> Result<(), String> {
         #[cfg(feature = "tooling")]
         Command::Demo {
             amqp,
+            tls,
             redis,
+            redis_tls,
             management_url,
         } => {
             let _telemetry = escalator::telemetry::init("warn");
+            escalator::tls::install(&TlsArgs {
+                amqp: tls,
+                redis: redis_tls,
+            })?;
             let mut settings = Settings::defaults();
             settings.amqp_url = amqp.amqp_url;
             settings.redis_url = redis.redis_url;
@@ -329,10 +357,12 @@ async fn run(command: Command) -> Result<(), String> {
         }
         Command::Topology {
             amqp,
+            tls,
             shape,
             print,
             vhost,
         } => {
+            escalator::tls::install(&tls.into())?;
             let mut settings = Settings::defaults();
             settings.amqp_url = amqp.amqp_url;
             settings.shards = shape.shards;
@@ -364,11 +394,16 @@ async fn run(command: Command) -> Result<(), String> {
             );
             Ok(())
         }
-        Command::Dlq { amqp, command } => dlq(&amqp.amqp_url, command).await,
+        Command::Dlq { amqp, tls, command } => {
+            escalator::tls::install(&tls.into())?;
+            dlq(&amqp.amqp_url, command).await
+        }
         #[cfg(feature = "tooling")]
         Command::Bench {
             amqp,
+            tls,
             redis,
+            redis_tls,
             load,
             ingress,
             count,
@@ -377,6 +412,10 @@ async fn run(command: Command) -> Result<(), String> {
             intake,
         } => {
             let _telemetry = escalator::telemetry::init("error");
+            escalator::tls::install(&TlsArgs {
+                amqp: tls,
+                redis: redis_tls,
+            })?;
             let mut settings = Settings::defaults();
             settings.amqp_url = amqp.amqp_url;
             settings.redis_url = redis.redis_url;

@@ -14,7 +14,7 @@
 //! like any other Redis error.
 use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
-use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisError, RedisFuture, RedisResult, Value};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -139,8 +139,9 @@ pub enum RedisConnection {
 }
 
 impl RedisConnection {
-    /// Connect; a wrong address or password fails at once.
-    pub async fn open(url: &str) -> RedisResult<RedisConnection> {
+    /// Connect, with `tls` for `rediss` URLs; a wrong address or password
+    /// fails at once.
+    pub async fn open(url: &str, tls: &crate::tls::BrokerTls) -> RedisResult<RedisConnection> {
         let topology = RedisTopology::parse(url).map_err(|e| {
             RedisError::from((
                 redis::ErrorKind::InvalidClientConfig,
@@ -150,7 +151,7 @@ impl RedisConnection {
         })?;
         match topology {
             RedisTopology::Single(url) => {
-                let client = redis::Client::open(url.as_str())?;
+                let client = client(&url, tls)?;
                 // One plain connection first, so that a wrong address or
                 // password fails at once: the manager retries its first
                 // connection too (six times with backoff, about 10 s),
@@ -168,10 +169,15 @@ impl RedisConnection {
                 ))
             }
             RedisTopology::Cluster(nodes) => {
-                let client = redis::cluster::ClusterClient::builder(nodes)
+                let mut builder = redis::cluster::ClusterClient::builder(nodes)
                     .connection_timeout(TIMEOUT)
-                    .response_timeout(TIMEOUT)
-                    .build()?;
+                    .response_timeout(TIMEOUT);
+                if !tls.is_default() {
+                    builder = builder
+                        .danger_accept_invalid_hostnames(tls.insecure_skip_verify)
+                        .certs(certificates(tls));
+                }
+                let client = builder.build()?;
                 Ok(RedisConnection::Cluster(
                     client.get_async_connection().await?,
                 ))
@@ -181,9 +187,48 @@ impl RedisConnection {
                 master,
                 data,
             } => Ok(RedisConnection::Sentinel(
-                SentinelConnection::open(sentinels, &master, &data).await?,
+                SentinelConnection::open(sentinels, &master, &data, tls).await?,
             )),
         }
+    }
+}
+
+/// A client for `url`: for `rediss://`, verifying the server against the CA
+/// bundle (else the system's roots), presenting the client certificate, or
+/// (tests only) verifying nothing.
+fn client(url: &str, tls: &crate::tls::BrokerTls) -> Result<redis::Client, redis::RedisError> {
+    use redis::IntoConnectionInfo;
+    let info = url.into_connection_info()?;
+    let redis::ConnectionAddr::TcpTls {
+        host,
+        port,
+        insecure,
+        ..
+    } = info.addr().clone()
+    else {
+        return redis::Client::open(info);
+    };
+    if tls.is_default() {
+        return redis::Client::open(info);
+    }
+    let info = info.set_addr(redis::ConnectionAddr::TcpTls {
+        host,
+        port,
+        // `rediss://host/#insecure` in the URL, or the tests-only setting.
+        insecure: insecure || tls.insecure_skip_verify,
+        tls_params: None,
+    });
+    redis::Client::build_with_tls(info, certificates(tls))
+}
+
+/// The CA bundle and client certificate of `tls`, for the redis crate.
+fn certificates(tls: &crate::tls::BrokerTls) -> redis::TlsCertificates {
+    redis::TlsCertificates {
+        client_tls: tls.client.as_ref().map(|id| redis::ClientTlsConfig {
+            client_cert: id.cert_pem.clone(),
+            client_key: id.key_pem.clone(),
+        }),
+        root_cert: tls.ca_pem.clone(),
     }
 }
 
@@ -240,16 +285,43 @@ struct SentinelShared {
 }
 
 impl SentinelConnection {
-    async fn open(sentinels: Vec<String>, master: &str, data: &str) -> RedisResult<Self> {
+    async fn open(
+        sentinels: Vec<String>,
+        master: &str,
+        data: &str,
+        tls: &crate::tls::BrokerTls,
+    ) -> RedisResult<Self> {
         let info = data.into_connection_info()?;
-        let tls = matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. });
-        let mut node = SentinelNodeConnectionInfo::default()
-            .set_redis_connection_info(info.redis_settings().clone());
-        if tls {
-            node = node.set_tls_mode(redis::TlsMode::Secure);
+        let settings = info.redis_settings();
+        let secure = matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. });
+        let addrs = sentinels
+            .iter()
+            .map(|u| u.as_str().into_connection_info().map(|i| i.addr().clone()))
+            .collect::<RedisResult<Vec<_>>>()?;
+        let mut builder = SentinelClientBuilder::new(addrs, master, SentinelServerType::Master)?
+            .set_client_to_redis_db(settings.db());
+        if let Some(user) = settings.username() {
+            builder = builder.set_client_to_redis_username(user);
         }
-        let mut sentinel =
-            SentinelClient::build(sentinels, master, Some(node), SentinelServerType::Master)?;
+        if let Some(password) = settings.password() {
+            builder = builder.set_client_to_redis_password(password);
+        }
+        if secure {
+            let mode = if tls.insecure_skip_verify {
+                redis::TlsMode::Insecure
+            } else {
+                redis::TlsMode::Secure
+            };
+            builder = builder
+                .set_client_to_redis_tls_mode(mode)
+                .set_client_to_sentinel_tls_mode(mode);
+            if !tls.is_default() {
+                builder = builder
+                    .set_client_to_redis_certificates(certificates(tls))
+                    .set_client_to_sentinel_certificates(certificates(tls));
+            }
+        }
+        let mut sentinel = builder.build()?;
         let conn = master_connection(&mut sentinel).await?;
         Ok(SentinelConnection {
             shared: Arc::new(SentinelShared {

@@ -95,6 +95,85 @@ pub struct Settings {
     /// another takes its streams over (within this plus a quarter of it).
     #[arg(long, env = "ESCALATOR_STREAM_OWNER_TTL_MS", default_value_t = 9_000)]
     pub stream_owner_ttl_ms: u64,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+}
+
+/// TLS to RabbitMQ (`amqps://` URLs) and Redis (`rediss://` URLs): every
+/// command that connects takes the group of each broker it uses. Files are
+/// PEM; unset CA: the system's roots. Loaded and checked by [`crate::tls`].
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TlsArgs {
+    #[command(flatten)]
+    pub amqp: AmqpTlsArgs,
+    #[command(flatten)]
+    pub redis: RedisTlsArgs,
+}
+
+/// TLS to RabbitMQ (and the tests-only switch, which covers both brokers:
+/// every command that uses Redis uses RabbitMQ too).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct AmqpTlsArgs {
+    /// CA bundle (PEM) that RabbitMQ's certificate must chain to.
+    #[arg(long, env = crate::tls::AMQP_CA_FILE_ENV)]
+    pub amqp_ca_file: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) presented to RabbitMQ; needs the key too.
+    #[arg(long, env = crate::tls::AMQP_CLIENT_CERT_FILE_ENV)]
+    pub amqp_client_cert_file: Option<std::path::PathBuf>,
+    /// Private key (PEM, unencrypted) of the RabbitMQ client certificate.
+    #[arg(long, env = crate::tls::AMQP_CLIENT_KEY_FILE_ENV)]
+    pub amqp_client_key_file: Option<std::path::PathBuf>,
+    /// TESTS ONLY: accept any server certificate from RabbitMQ and Redis
+    /// (a warning is logged at every start).
+    #[arg(long, env = crate::tls::INSECURE_SKIP_VERIFY_ENV)]
+    pub tls_insecure_skip_verify: bool,
+}
+
+/// TLS to Redis.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RedisTlsArgs {
+    /// CA bundle (PEM) that Redis's certificate must chain to.
+    #[arg(long, env = crate::tls::REDIS_CA_FILE_ENV)]
+    pub redis_ca_file: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) presented to Redis; needs the key too.
+    #[arg(long, env = crate::tls::REDIS_CLIENT_CERT_FILE_ENV)]
+    pub redis_client_cert_file: Option<std::path::PathBuf>,
+    /// Private key (PEM, unencrypted) of the Redis client certificate.
+    #[arg(long, env = crate::tls::REDIS_CLIENT_KEY_FILE_ENV)]
+    pub redis_client_key_file: Option<std::path::PathBuf>,
+}
+
+impl From<AmqpTlsArgs> for TlsArgs {
+    /// The settings of a command that uses RabbitMQ only.
+    fn from(amqp: AmqpTlsArgs) -> TlsArgs {
+        TlsArgs {
+            amqp,
+            redis: RedisTlsArgs::default(),
+        }
+    }
+}
+
+impl TlsArgs {
+    /// The TLS settings of the environment alone (no flags).
+    pub fn from_env() -> Result<Self, String> {
+        #[derive(clap::Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            tls: TlsArgs,
+        }
+        <Wrapper as clap::Parser>::try_parse_from(["escalator"])
+            .map(|w| w.tls)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Problems with the named files (missing, not PEM, a certificate
+    /// without its key), each naming its setting.
+    pub fn problems(&self) -> Vec<String> {
+        match crate::tls::Tls::load(self) {
+            Ok(_) => Vec::new(),
+            Err(problems) => problems.iter().map(ToString::to_string).collect(),
+        }
+    }
 }
 
 /// Where the worker's metrics and probes listen by default (Prometheus
@@ -322,6 +401,8 @@ impl Settings {
         if self.metrics_listen().is_err() {
             problems.push("ESCALATOR_METRICS_LISTEN must be HOST:PORT (e.g. 0.0.0.0:9464) or off");
         }
+        let tls_problems = self.tls.problems();
+        problems.extend(tls_problems.iter().map(String::as_str));
         if problems.is_empty() {
             Ok(())
         } else {
@@ -453,6 +534,19 @@ mod tests {
             err.contains("ESCALATOR_SHARDS")
                 && err.contains("ESCALATOR_PREFETCH")
                 && err.contains("ESCALATOR_LEASE_TTL_MS"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn tls_files_are_checked_at_start_naming_the_setting() {
+        let mut s = Settings::defaults();
+        s.tls.redis.redis_ca_file = Some(std::path::PathBuf::from("/nonexistent/escalator/ca.pem"));
+        s.tls.amqp.amqp_client_key_file = Some(std::path::PathBuf::from("/nonexistent/key.pem"));
+        let err = s.validate().unwrap_err();
+        assert!(
+            err.contains("ESCALATOR_REDIS_CA_FILE")
+                && err.contains("ESCALATOR_AMQP_CLIENT_KEY_FILE is set but ESCALATOR_AMQP_CLIENT_CERT_FILE is not"),
             "{err}"
         );
     }

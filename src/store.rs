@@ -375,12 +375,32 @@ pub struct Begin {
 }
 
 impl Store {
+    /// Connect, with the process's TLS material for `rediss://` URLs
+    /// ([`crate::tls::process`]).
     pub async fn connect(
         url: &str,
         prefix: &str,
         ttl: Duration,
     ) -> Result<Store, redis::RedisError> {
-        let conn = RedisConnection::open(url).await?;
+        let tls = crate::tls::process().map_err(|e| {
+            redis::RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "invalid TLS settings",
+                e,
+            ))
+        })?;
+        Store::connect_with(url, prefix, ttl, &tls.redis).await
+    }
+
+    /// Connect with this TLS material (the one code path of every
+    /// connection; a plain `redis://` URL ignores it).
+    pub async fn connect_with(
+        url: &str,
+        prefix: &str,
+        ttl: Duration,
+        tls: &crate::tls::BrokerTls,
+    ) -> Result<Store, redis::RedisError> {
+        let conn = RedisConnection::open(url, tls).await?;
         Ok(Store {
             conn,
             prefix: prefix.to_string(),
