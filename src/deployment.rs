@@ -129,7 +129,7 @@ redis.call('HSETNX', KEYS[1], 'delivery_limit', ARGV[2])
 return redis.call('HMGET', KEYS[1], 'shards', 'delivery_limit')
 "#;
 
-static RECORD_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(RECORD));
+static RECORD_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| crate::redis_conn::script(RECORD));
 
 /// The Redis key of the record.
 pub fn record_key(prefix: &str) -> String {

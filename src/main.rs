@@ -186,6 +186,10 @@ enum Command {
         /// ceiling): --count escalations routed to the shard queues.
         #[arg(long)]
         intake: bool,
+        /// Instead of throughput: --count escalations through each of these
+        /// numbers of worker processes (e.g. 1,2,4).
+        #[arg(long, value_delimiter = ',')]
+        workers: Option<Vec<usize>>,
     },
     /// Check each org's provider set-up against its admin guide (read-only).
     ///
@@ -410,6 +414,7 @@ async fn run(command: Command) -> Result<(), String> {
             conversations,
             live,
             intake,
+            workers,
         } => {
             let _telemetry = escalator::telemetry::init("error");
             escalator::tls::install(&TlsArgs {
@@ -426,6 +431,10 @@ async fn run(command: Command) -> Result<(), String> {
                 (_, Some(streams)) => escalator::bench::Mode::Live { streams },
                 (Some(conversations), None) => escalator::bench::Mode::Memory { conversations },
                 (None, None) if intake => escalator::bench::Mode::Intake { count },
+                (None, None) if workers.is_some() => escalator::bench::Mode::Workers {
+                    count,
+                    workers: workers.unwrap_or_default(),
+                },
                 (None, None) if ingress.ingress => escalator::bench::Mode::Ingress {
                     count,
                     clients: ingress.clients,

@@ -20,6 +20,48 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+/// The source of every script made with [`script`], by SHA-1: a Cluster
+/// node that became master in a failover has an empty script cache, and
+/// the cluster client loads scripts on the masters it knew before, so an
+/// `EVALSHA` that finds no script is sent again as `EVAL` with its source.
+static SCRIPTS: std::sync::LazyLock<std::sync::RwLock<std::collections::HashMap<String, Vec<u8>>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// A Lua script, registered so that a Cluster connection can resend it
+/// whole (see [`SCRIPTS`]). Every script of the escalator is made here.
+pub fn script(source: &str) -> redis::Script {
+    let script = redis::Script::new(source);
+    if let Ok(mut map) = SCRIPTS.write() {
+        map.insert(script.get_hash().to_string(), source.as_bytes().to_vec());
+    }
+    script
+}
+
+/// `EVALSHA sha ...` as `EVAL source ...`, when `cmd` is one of ours.
+fn as_eval(cmd: &Cmd) -> Option<Cmd> {
+    let mut args = cmd.args_iter();
+    let name = match args.next()? {
+        redis::Arg::Simple(n) => n,
+        _ => return None,
+    };
+    if !name.eq_ignore_ascii_case(b"EVALSHA") {
+        return None;
+    }
+    let sha = match args.next()? {
+        redis::Arg::Simple(s) => std::str::from_utf8(s).ok()?.to_ascii_lowercase(),
+        _ => return None,
+    };
+    let source = SCRIPTS.read().ok()?.get(&sha)?.clone();
+    let mut eval = redis::cmd("EVAL");
+    eval.arg(source);
+    for a in args {
+        if let redis::Arg::Simple(a) = a {
+            eval.arg(a);
+        }
+    }
+    Some(eval)
+}
+
 /// How long connecting and each reply may take.
 const TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -242,7 +284,20 @@ impl ConnectionLike for RedisConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             RedisConnection::Single(c) => c.req_packed_command(cmd),
-            RedisConnection::Cluster(c) => c.req_packed_command(cmd),
+            RedisConnection::Cluster(c) => Box::pin(async move {
+                match c.req_packed_command(cmd).await {
+                    Err(e)
+                        if e.kind()
+                            == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                    {
+                        match as_eval(cmd) {
+                            Some(eval) => c.req_packed_command(&eval).await,
+                            None => Err(e),
+                        }
+                    }
+                    other => other,
+                }
+            }),
             RedisConnection::Sentinel(c) => c.req_packed_command(cmd),
         }
     }
@@ -457,6 +512,35 @@ mod tests {
         );
         assert!(RedisTopology::parse("redis+sentinel://s1:26379").is_err());
         assert!(RedisTopology::parse("redis+sentinel://s1:26379/m/x").is_err());
+    }
+
+    #[test]
+    fn an_evalsha_of_a_registered_script_becomes_an_eval_with_its_source() {
+        let s = script("return KEYS[1] .. ARGV[1]");
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(s.get_hash()).arg(1).arg("k").arg("v");
+        let eval = as_eval(&cmd).expect("registered");
+        let args: Vec<Vec<u8>> = eval
+            .args_iter()
+            .filter_map(|a| match a {
+                redis::Arg::Simple(a) => Some(a.to_vec()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            args,
+            [
+                b"EVAL".to_vec(),
+                b"return KEYS[1] .. ARGV[1]".to_vec(),
+                b"1".to_vec(),
+                b"k".to_vec(),
+                b"v".to_vec()
+            ]
+        );
+        let mut other = redis::cmd("EVALSHA");
+        other.arg("0000").arg(0);
+        assert!(as_eval(&other).is_none());
+        assert!(as_eval(redis::cmd("GET").arg("k")).is_none());
     }
 
     #[test]

@@ -288,13 +288,15 @@ pub const MAX_BROKER_BACKOFF_SECS: u64 = 3600;
 pub const RECORD_VERSION: u32 = 2;
 
 // Compiled once: a Script hashes its source (EVALSHA) when it is made.
-static BEGIN_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(BEGIN));
-static PARK_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(PARK));
-static COMMIT_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(COMMIT));
-static FINISH_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(FINISH));
-static RENEW_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(RENEW));
-static RELEASE_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(RELEASE));
-static ACQUIRE_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(ACQUIRE));
+static BEGIN_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| crate::redis_conn::script(BEGIN));
+static PARK_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| crate::redis_conn::script(PARK));
+static COMMIT_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| crate::redis_conn::script(COMMIT));
+static FINISH_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| crate::redis_conn::script(FINISH));
+static RENEW_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| crate::redis_conn::script(RENEW));
+static RELEASE_SCRIPT: LazyLock<redis::Script> =
+    LazyLock::new(|| crate::redis_conn::script(RELEASE));
+static ACQUIRE_SCRIPT: LazyLock<redis::Script> =
+    LazyLock::new(|| crate::redis_conn::script(ACQUIRE));
 
 /// Who asks for a conversation's lease, and on what terms.
 #[derive(Debug, Clone)]

@@ -248,6 +248,10 @@ async fn publish_messages(sb: &escalator::sandbox::Sandbox, range: std::ops::Ran
 /// Escalations and follow-up messages with `failover` run half-way: then
 /// exactly one ticket per conversation and one comment per message, in order.
 async fn run_with_failover(name: &str, redis_url: String, failover: impl AsyncFnOnce()) {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("warn,escalator=info")
+        .with_test_writer()
+        .try_init();
     let mut env = TestEnv::new(name).await;
     env.settings.redis_url = redis_url;
     let sb = env.sandbox().await;

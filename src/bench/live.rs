@@ -83,44 +83,11 @@ fn cpu_ticks() -> Option<u64> {
     Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
 }
 
-async fn free_port() -> Result<u16, String> {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| format!("no free port: {e}"))?;
-    l.local_addr()
-        .map(|a| a.port())
-        .map_err(|e| format!("no free port: {e}"))
-}
-
 pub async fn run(settings: &Settings, streams: usize) -> Result<LiveReport, String> {
     // The simulator inherits the raised limit (it holds the other ends).
     let _ = rlimit::increase_nofile_limit(streams as u64 * 2 + 4096);
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
-    let port = free_port().await?;
-    let sim_url = format!("http://127.0.0.1:{port}");
-    let mut sim = tokio::process::Command::new(exe)
-        .arg("sim")
-        .arg("--addr")
-        .arg(format!("127.0.0.1:{port}"))
-        .env("RUST_LOG", "error")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("cannot start the simulator process: {e}"))?;
+    let (mut sim, sim_url) = super::sim_process::start().await?;
     let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while http
-        .get(format!("{sim_url}/_sim/health"))
-        .send()
-        .await
-        .is_err()
-    {
-        if Instant::now() > deadline {
-            return Err("the simulator process did not answer within 30 s".into());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     println!("  simulator: its own process, {sim_url}");
     let result = measure(settings, streams, &sim_url, &http).await;
     let _ = sim.kill().await;

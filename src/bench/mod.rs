@@ -17,6 +17,8 @@ mod memory;
 mod pipeline;
 mod profile;
 mod report;
+mod scaling;
+mod sim_process;
 
 use crate::settings::Settings;
 use std::time::Duration;
@@ -36,7 +38,7 @@ fn stage_deadline(count: usize) -> Duration {
 }
 
 /// What to measure.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum Mode {
     /// Throughput and latency: `count` messages per stage.
     Throughput { count: usize },
@@ -48,6 +50,8 @@ pub enum Mode {
     Ingress { count: usize, clients: usize },
     /// The intake router alone: `count` escalations routed to the shard queues.
     Intake { count: usize },
+    /// `count` escalations through each number of worker processes.
+    Workers { count: usize, workers: Vec<usize> },
 }
 
 enum Outcome {
@@ -55,6 +59,7 @@ enum Outcome {
     Memory(memory::MemoryReport),
     Live(live::LiveReport),
     Intake(intake::IntakeReport),
+    Workers(scaling::ScalingReport),
 }
 
 impl Outcome {
@@ -64,16 +69,19 @@ impl Outcome {
             Outcome::Memory(r) => r.print(),
             Outcome::Live(r) => r.print(),
             Outcome::Intake(r) => r.print(),
+            Outcome::Workers(r) => r.print(),
         }
     }
 }
 
 pub async fn run(settings: Settings, mode: Mode) -> Result<(), String> {
-    if let Mode::Ingress { count, clients } = mode {
-        return ingress::run(&settings, count, clients).await;
+    if let Mode::Ingress { count, clients } = &mode {
+        return ingress::run(&settings, *count, *clients).await;
     }
-    match mode {
-        Mode::Throughput { count: 0 } | Mode::Intake { count: 0 } => {
+    match &mode {
+        Mode::Throughput { count: 0 }
+        | Mode::Intake { count: 0 }
+        | Mode::Workers { count: 0, .. } => {
             return Err("--count must be at least 1".into());
         }
         Mode::Memory { conversations: 0 } => {
@@ -85,7 +93,7 @@ pub async fn run(settings: Settings, mode: Mode) -> Result<(), String> {
     if settings.prefetch == 0 || settings.concurrency == 0 || settings.shards == 0 {
         return Err("--prefetch, --concurrency and --shards must be at least 1".into());
     }
-    match mode {
+    match &mode {
         Mode::Throughput { count } => println!("escalator bench: {count} messages per stage"),
         Mode::Memory { conversations } => {
             println!("escalator bench: memory after up to {conversations} distinct conversations")
@@ -95,6 +103,12 @@ pub async fn run(settings: Settings, mode: Mode) -> Result<(), String> {
         }
         Mode::Intake { count } => {
             println!("escalator bench: {count} messages through the intake router alone")
+        }
+        Mode::Workers { count, workers } => {
+            if workers.is_empty() || workers.contains(&0) {
+                return Err("--workers takes counts of at least 1, e.g. 1,2,4".into());
+            }
+            println!("escalator bench: {count} escalations through {workers:?} worker processes")
         }
         Mode::Ingress { .. } => {}
     }
@@ -143,6 +157,11 @@ async fn stages(settings: &Settings, mode: Mode) -> Result<Outcome, String> {
     let count = match mode {
         Mode::Throughput { count } => count,
         Mode::Ingress { .. } => return Err("the ingress benchmark runs on its own".into()),
+        Mode::Workers { count, workers } => {
+            return scaling::run(settings, &workers, count)
+                .await
+                .map(Outcome::Workers);
+        }
         Mode::Intake { count } => {
             println!("\nintake: a worker that only routes");
             return intake::run(settings, count).await.map(Outcome::Intake);

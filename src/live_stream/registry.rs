@@ -63,7 +63,7 @@ pub struct Registry {
 }
 
 static HEARTBEAT: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
+    crate::redis_conn::script(
         r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -78,7 +78,7 @@ return 0
 });
 
 static SCAN: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
+    crate::redis_conn::script(
         r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -92,7 +92,7 @@ return {live, redis.call('HGETALL', KEYS[1])}
 /// With ARGV[4] = 1 it is registered when missing (a new live chat).
 /// 1: ours; 0: someone else live has it; -1: not registered (ended).
 static CLAIM: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
+    crate::redis_conn::script(
         r#"
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if not cur and ARGV[4] ~= '1' then return -1 end
@@ -110,7 +110,7 @@ return 1
 });
 
 static RELEASE: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
+    crate::redis_conn::script(
         r#"
 if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
   redis.call('HSET', KEYS[1], ARGV[1], '')

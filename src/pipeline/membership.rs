@@ -56,8 +56,8 @@ return { redis.call('ZRANGEBYSCORE', KEYS[1], since, '+inf'), subs }
 "#;
 
 static HEARTBEAT_SCRIPT: LazyLock<redis::Script> =
-    LazyLock::new(|| redis::Script::new(HEARTBEAT_LUA));
-static VIEW_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(VIEW_LUA));
+    LazyLock::new(|| crate::redis_conn::script(HEARTBEAT_LUA));
+static VIEW_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| crate::redis_conn::script(VIEW_LUA));
 
 /// Announce `instance` as a member holding subscriptions to `subscribed`
 /// shards; returns the live members (including it).

@@ -33,7 +33,7 @@ redis.call('SET', KEYS[1], new_tat, 'PX', math.ceil((new_tat - now) / 1000) + 10
 return 0
 "#;
 
-static TAKE_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(TAKE));
+static TAKE_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| crate::redis_conn::script(TAKE));
 
 pub struct RateBudget {
     provider: &'static str,

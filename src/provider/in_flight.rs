@@ -68,8 +68,8 @@ return 1
 "#;
 
 static BEFORE_SEND_SCRIPT: LazyLock<redis::Script> =
-    LazyLock::new(|| redis::Script::new(BEFORE_SEND));
-static UPDATE_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(UPDATE));
+    LazyLock::new(|| crate::redis_conn::script(BEFORE_SEND));
+static UPDATE_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| crate::redis_conn::script(UPDATE));
 
 /// What the marker says before a send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

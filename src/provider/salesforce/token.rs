@@ -236,7 +236,7 @@ impl TokenSource {
 
     async fn invalidate(&self, failed: &AccessToken) -> Result<(), ProviderError> {
         let mut c = self.conn.clone();
-        let deleted: i64 = redis::Script::new(INVALIDATE)
+        let deleted: i64 = crate::redis_conn::script(INVALIDATE)
             .key(&self.key)
             .arg(failed.token.expose())
             .invoke_async(&mut c)
@@ -262,7 +262,7 @@ impl TokenSource {
 
     async fn unlock(&self, owner: &str) {
         let mut c = self.conn.clone();
-        let r: Result<i64, _> = redis::Script::new(RELEASE_LOCK)
+        let r: Result<i64, _> = crate::redis_conn::script(RELEASE_LOCK)
             .key(&self.lock_key)
             .arg(owner)
             .invoke_async(&mut c)
