@@ -42,6 +42,7 @@ pub async fn run(
     workers: &[usize],
     count: usize,
 ) -> Result<ScalingReport, String> {
+    declare_topology(settings).await?;
     let (mut sim, sim_url) = super::sim_process::start().await?;
     println!("  simulator: its own process, {sim_url}");
     let config = std::env::temp_dir().join(format!(
@@ -65,6 +66,22 @@ pub async fn run(
     let _ = sim.kill().await;
     let _ = std::fs::remove_file(&config);
     Ok(ScalingReport { count, rounds })
+}
+
+/// The exchanges and queues, before anything listens on them.
+async fn declare_topology(settings: &Settings) -> Result<(), String> {
+    let conn = crate::amqp::connect(&settings.amqp_url, "escalator-bench-topology")
+        .await
+        .map_err(|e| crate::explain::amqp(&settings.amqp_url, &e))?;
+    let channel = conn.create_channel().await.map_err(|e| e.to_string())?;
+    let declared = crate::topology::Topology::new(settings.shards, settings.delivery_limit)
+        .declare(&channel)
+        .await
+        .map_err(|e| format!("cannot declare the topology: {e}"));
+    let _ = conn
+        .close(200, lapin::types::ShortString::from("declared"))
+        .await;
+    declared
 }
 
 async fn round(
