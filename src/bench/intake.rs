@@ -13,8 +13,7 @@ use crate::pipeline::service::Worker;
 use crate::sandbox::{Client, sandbox_config};
 use crate::settings::Settings;
 use crate::topology::shard_queue;
-use lapin::options::QueueDeclareOptions;
-use lapin::types::{FieldTable, ShortString};
+use lapin::types::ShortString;
 use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -111,22 +110,11 @@ pub async fn run(settings: &Settings, count: usize) -> Result<IntakeReport, Stri
 
 /// Messages waiting in the shard queues.
 async fn routed(channel: &lapin::Channel, shards: u16) -> Result<usize, String> {
-    let passive = QueueDeclareOptions {
-        passive: true,
-        durable: true,
-        ..Default::default()
-    };
     let mut total = 0;
     for n in 0..shards {
-        let q = channel
-            .queue_declare(
-                ShortString::from(shard_queue(n)),
-                passive,
-                FieldTable::default(),
-            )
+        total += measure::messages_ready(channel, &shard_queue(n))
             .await
-            .map_err(|e| format!("counting shard queue {n}: {e}"))?;
-        total += q.message_count() as usize;
+            .map_err(|e| format!("counting shard queue {n}: {e}"))? as usize;
     }
     Ok(total)
 }

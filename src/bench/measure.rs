@@ -237,6 +237,22 @@ pub async fn join_run<S, R>(
     Ok((sent, received))
 }
 
+/// Messages ready in `queue` (a passive declare: nothing is created).
+pub async fn messages_ready(channel: &lapin::Channel, queue: &str) -> Result<u32, lapin::Error> {
+    let passive = lapin::options::QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    channel
+        .queue_declare(
+            lapin::types::ShortString::from(queue),
+            passive,
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .map(|q| q.message_count())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,8 +14,7 @@ use crate::settings::Settings;
 use crate::store::Store;
 use crate::topology::{INTAKE_QUEUE, shard_queue};
 use chrono::{DateTime, Utc};
-use lapin::options::QueueDeclareOptions;
-use lapin::types::{FieldTable, ShortString};
+use lapin::types::ShortString;
 use std::collections::HashMap;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -49,19 +48,10 @@ impl Sampler {
         let started = Instant::now();
         let token = stop.clone();
         let task = tokio::spawn(async move {
-            let passive = QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            };
             let probe = channel.clone();
             let ready = |q: String| {
                 let channel = probe.clone();
-                async move {
-                    channel
-                        .queue_declare(ShortString::from(q), passive, FieldTable::default())
-                        .await
-                        .map(|q| q.message_count())
-                }
+                async move { super::measure::messages_ready(&channel, &q).await }
             };
             let mut samples = Vec::new();
             let mut tick = tokio::time::interval(SAMPLE_EVERY);
