@@ -225,12 +225,14 @@ pub enum InfraError {
     /// Another runner took the conversation's lease after this one's expired:
     /// this runner must write nothing more for the message.
     #[error(
-        "lease of {org_id}/{conversation_id} (generation {generation}) was taken over by another runner"
+        "lease of {org_id}/{conversation_id} (generation {generation}) was taken over by another runner (found {found})"
     )]
     Fenced {
         org_id: String,
         conversation_id: String,
         generation: u64,
+        /// What the fencing check found instead (lease holder, generation).
+        found: String,
     },
     /// Another runner kept the conversation's lease for longer than we waited.
     #[error(
@@ -256,9 +258,13 @@ pub enum Recovery {
     /// The AMQP session is broken (closed channel, a confirm that never
     /// comes): tear it down so that the service loop builds a new one.
     RebuildSession,
-    /// Hand the message back to the broker without acking it (a fenced-off
-    /// runner: whoever holds the conversation now decides its fate).
-    Requeue,
+    /// Run the message again, in its place in the conversation's lane (a
+    /// fenced-off runner: the new `begin` waits for whoever holds the
+    /// conversation now, then finds the message done, or runs it again with
+    /// the effect journal looking up what the first run made). Handing it
+    /// back to the broker instead would put it behind the conversation's
+    /// later deliveries already in the lane.
+    RunAgain,
     /// It can never clear for this message (corrupt or newer-version state,
     /// an unroutable publish): dead-letter it with the reason.
     DeadLetter,
@@ -278,7 +284,7 @@ impl InfraError {
             InfraError::Amqp(_)
             | InfraError::ConfirmTimeout { .. }
             | InfraError::ConnectionLost => Recovery::RebuildSession,
-            InfraError::Fenced { .. } => Recovery::Requeue,
+            InfraError::Fenced { .. } => Recovery::RunAgain,
             InfraError::Unroutable(_) | InfraError::Corrupt(_) | InfraError::NewerRecord { .. } => {
                 Recovery::DeadLetter
             }
@@ -348,8 +354,9 @@ mod tests {
             org_id: "acme".into(),
             conversation_id: "c1".into(),
             generation: 3,
+            found: "lease generation 4 held by w2".into(),
         };
-        assert_eq!(fenced.recovery(), Recovery::Requeue);
+        assert_eq!(fenced.recovery(), Recovery::RunAgain);
         let wait = [
             InfraError::PublishNacked("escalator.work".into()),
             InfraError::LeaseBusy {

@@ -210,10 +210,10 @@ macro_rules! fenced_off {
 /// events hash, lease. ARGV: TTL, now (ms), record JSON or "", lease value,
 /// lease generation, then one event key per event.
 /// An event keeps the seq and time it got the first time.
-/// Returns {"fenced"} or {"ok", "seq:ms"...}.
+/// Returns {"fenced", lease found, generation found} or {"ok", "seq:ms"...}.
 const COMMIT: &str = concat!(
     fenced_off!("KEYS[3]", "KEYS[1]", "ARGV[4]", "ARGV[5]"),
-    r#"  return {'fenced'}
+    r#"  return {'fenced', cur or '', redis.call('HGET', KEYS[1], 'lease_gen') or ''}
 end
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'record', ARGV[3]) end
 local out = {'ok'}
@@ -235,16 +235,16 @@ return out
 /// (when asked), take it off the parked list and release the lease.
 /// KEYS: done marker, parked list, lease, conversation hash, parked due times.
 /// ARGV: message id, done (1/0), TTL (s), lease value, lease generation,
-/// now (ms). Returns 1, or 0 when fenced off.
+/// now (ms). Returns {"ok"}, or {"fenced", lease found, generation found}.
 const FINISH: &str = concat!(
     fenced_off!("KEYS[3]", "KEYS[4]", "ARGV[4]", "ARGV[5]"),
-    r#"  return 0
+    r#"  return {'fenced', cur or '', redis.call('HGET', KEYS[4], 'lease_gen') or ''}
 end
 if ARGV[2] == '1' then redis.call('SET', KEYS[1], ARGV[6], 'EX', ARGV[3]) end
 redis.call('LREM', KEYS[2], 1, ARGV[1])
 redis.call('HDEL', KEYS[5], ARGV[1])
 if cur then redis.call('DEL', KEYS[3]) end
-return 1
+return {'ok'}
 "#
 );
 
@@ -549,11 +549,21 @@ impl Store {
         self.key(&lease.org_id, &lease.conversation_id, ":lease")
     }
 
-    fn fenced(lease: &Lease) -> InfraError {
+    /// `lease` was fenced off; `reply` is the script's `{"fenced", lease
+    /// found, generation found}` (what took over, for the log).
+    fn fenced(lease: &Lease, reply: &[String]) -> InfraError {
+        let held = reply.get(1).map(String::as_str).unwrap_or_default();
+        let generation = reply.get(2).map(String::as_str).unwrap_or_default();
+        let found = match (held.split_once(':'), generation) {
+            (Some((g, owner)), _) => format!("lease generation {g} held by {owner}"),
+            (None, "") => "no lease and no conversation state".to_string(),
+            (None, g) => format!("no lease, generation {g}"),
+        };
         InfraError::Fenced {
             org_id: lease.org_id.clone(),
             conversation_id: lease.conversation_id.clone(),
             generation: lease.generation,
+            found,
         }
     }
 
@@ -594,7 +604,7 @@ impl Store {
         let values: Vec<String> = script.invoke_async(&mut c).await?;
         match values.first().map(String::as_str) {
             Some("ok") => {}
-            Some("fenced") => return Err(Self::fenced(lease)),
+            Some("fenced") => return Err(Self::fenced(lease, &values)),
             _ => {
                 return Err(InfraError::Corrupt(format!(
                     "unexpected commit reply for {org}/{conv}"
@@ -629,7 +639,7 @@ impl Store {
     ) -> Result<(), InfraError> {
         let (org, conv) = (lease.org_id.as_str(), lease.conversation_id.as_str());
         let mut c = self.conn.clone();
-        let finished: i64 = FINISH_SCRIPT
+        let reply: Vec<String> = FINISH_SCRIPT
             .key(self.key(org, conv, &format!(":done:{message_id}")))
             .key(self.key(org, conv, ":parked"))
             .key(self.lease_key(lease))
@@ -643,10 +653,12 @@ impl Store {
             .arg(Utc::now().timestamp_millis())
             .invoke_async(&mut c)
             .await?;
-        if finished == 1 {
-            Ok(())
-        } else {
-            Err(Self::fenced(lease))
+        match reply.first().map(String::as_str) {
+            Some("ok") => Ok(()),
+            Some("fenced") => Err(Self::fenced(lease, &reply)),
+            _ => Err(InfraError::Corrupt(format!(
+                "unexpected finish reply for {org}/{conv}"
+            ))),
         }
     }
 

@@ -267,3 +267,80 @@ async fn repeat_escalation_requests_answer_with_the_identical_event() {
     sb.stop().await;
     env.cleanup().await;
 }
+
+/// A runner fenced off mid-call (its lease lapsed, another runner took the
+/// conversation and let it go again) runs its message again in its place in
+/// the lane: the customer message queued behind the escalation still finds
+/// the ticket, nothing is made twice, nothing is dead-lettered. (Handing the
+/// fenced message back to the broker put it behind that customer message,
+/// which then found no escalation: seen after a Redis failover.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_off_runner_runs_its_message_again_before_the_next_one() {
+    const CONV: &str = "conv-fenced";
+    let env = TestEnv::new("fenced").await;
+    let sb = env.sandbox().await;
+    // Ticket creation is answered after 1.5 s (within the HTTP timeout).
+    sb.sim.inject(FaultRule {
+        method: Some("POST".into()),
+        path_prefix: "/api/v2/tickets".into(),
+        latency_ms: Some(1_500),
+        times: Some(1),
+        ..Default::default()
+    });
+    sb.publish("escalation.requested", "fenced-esc", &escalation(ORG, CONV))
+        .await
+        .unwrap();
+    sb.publish(
+        "customer.message",
+        "fenced-m1",
+        &customer_message(ORG, CONV, "fenced-m1", "after the hand-over"),
+    )
+    .await
+    .unwrap();
+    // The ticket call is in flight: another runner takes the conversation
+    // (a new lease generation) and lets it go.
+    let conv_key = format!("{}:conv:{{{ORG}:{CONV}}}", env.settings.key_prefix);
+    until_key(&env, &format!("{conv_key}:attempt:ticket")).await;
+    let store = env.store().await;
+    let mut c = store.connection();
+    let _: () = redis::pipe()
+        .atomic()
+        .hincr(&conv_key, "lease_gen", 1)
+        .ignore()
+        .del(format!("{conv_key}:lease"))
+        .ignore()
+        .query_async(&mut c)
+        .await
+        .unwrap();
+
+    until_done(&env, ORG, CONV, "fenced-m1").await;
+    until_done(&env, ORG, CONV, "fenced-esc").await;
+    let tickets = sb.sim.zendesk_tickets();
+    assert_eq!(tickets.len(), 1, "one ticket");
+    let bodies: Vec<String> = tickets[0]
+        .comments
+        .iter()
+        .filter_map(|c| c.body.clone())
+        .filter(|b| b.contains("after the hand-over"))
+        .collect();
+    assert_eq!(
+        bodies.len(),
+        1,
+        "the customer message reached the ticket once"
+    );
+    assert_eq!(
+        env.queue_depth(escalator::topology::DEAD_LETTER_QUEUE)
+            .await,
+        0,
+        "nothing dead-lettered"
+    );
+    let creates = sb
+        .sim
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path.starts_with("/api/v2/tickets"))
+        .count();
+    assert_eq!(creates, 1, "the ticket was created once, then looked up");
+    sb.stop().await;
+    env.cleanup().await;
+}

@@ -8,12 +8,14 @@ use escalator::sandbox::ZENDESK_ORG as ORG;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-fn spare_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// `n` distinct free ports (each held until all are chosen).
+fn spare_ports(n: usize) -> Vec<u16> {
+    let held: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
 }
 
 /// `redis-cli -p PORT ARGS...`, its output.
@@ -75,17 +77,24 @@ struct LocalCluster {
 impl LocalCluster {
     async fn start() -> LocalCluster {
         let dir = tempfile::tempdir().unwrap();
-        let ports: Vec<u16> = (0..6).map(|_| spare_port()).collect();
+        let mut ports = spare_ports(12);
+        // The cluster bus on a spare port of its own: by default it is the
+        // port + 10000, which may be taken or past 65535.
+        let buses = ports.split_off(6);
         let children = ports
             .iter()
-            .map(|p| {
+            .zip(&buses)
+            .map(|(p, bus)| {
                 let conf = format!("nodes-{p}.conf");
+                let bus = bus.to_string();
                 redis_server(
                     dir.path(),
                     *p,
                     &[
                         "--cluster-enabled",
                         "yes",
+                        "--cluster-port",
+                        &bus,
                         "--cluster-config-file",
                         &conf,
                         "--cluster-node-timeout",
@@ -119,6 +128,13 @@ impl LocalCluster {
             })
             .await;
         }
+        for p in &ports {
+            until("every replica in sync", || {
+                let info = cli(*p, &["info", "replication"]);
+                info.contains("role:master") || info.contains("master_link_status:up")
+            })
+            .await;
+        }
         LocalCluster {
             ports,
             _servers: servers,
@@ -149,8 +165,8 @@ struct LocalSentinel {
 impl LocalSentinel {
     async fn start() -> LocalSentinel {
         let dir = tempfile::tempdir().unwrap();
-        let master = spare_port();
-        let replica = spare_port();
+        let ports = spare_ports(5);
+        let (master, replica) = (ports[0], ports[1]);
         let mut children = vec![
             redis_server(dir.path(), master, &[]),
             redis_server(
@@ -160,7 +176,7 @@ impl LocalSentinel {
             ),
         ];
         until("the master", || cli(master, &["ping"]).contains("PONG")).await;
-        let sentinels: Vec<u16> = (0..3).map(|_| spare_port()).collect();
+        let sentinels: Vec<u16> = ports[2..].to_vec();
         for s in &sentinels {
             let conf = dir.path().join(format!("sentinel-{s}.conf"));
             std::fs::write(

@@ -471,10 +471,11 @@ async fn process(
                     }
                     return;
                 }
-                Recovery::Requeue => {
-                    tracing::warn!(error = %err, "fenced off: handing the message back, its conversation's current runner decides");
-                    amqp::requeue(&acker).await;
-                    return;
+                Recovery::RunAgain => {
+                    tracing::warn!(error = %err, wait_ms = wait.as_millis() as u64, "fenced off: running the message again under a new lease, in its place");
+                    if !pause(&mut wait, stop, lost, &acker).await {
+                        return;
+                    }
                 }
                 Recovery::RebuildSession => {
                     // Unacked: the broker redelivers it once the session is gone.
