@@ -373,6 +373,78 @@ async fn a_redelivered_live_escalation_is_still_one_conversation() {
     env.cleanup().await;
 }
 
+/// A messaging session that lapsed with no event reaching us: the next
+/// customer message is refused with 417, sent once more in a new messaging
+/// session (with the routing attributes), and reaches the agent once; the
+/// conversation stays live and the agent's reply still comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_refused_for_a_lapsed_session_is_sent_in_a_new_one() {
+    let env = TestEnv::new("sf-live-417").await;
+    let sb = sandbox(&env, 90_000).await;
+    let mut widget = sb.listen(&format!("{ORG}.#")).await.unwrap();
+    let conv = "sf-live-417";
+    let (id, _) = hand_over(&sb, &mut widget, conv).await;
+    assert!(sb.sim.miaw_agent_joins(&id, "Alex Agent"));
+    let joined = next_non_queued(&mut widget, conv).await;
+    assert!(
+        matches!(joined.payload, OutboundPayload::AgentJoined(_)),
+        "{joined:?}"
+    );
+
+    assert!(sb.sim.miaw_lapse_session(&id));
+    let text = "Are you still there?";
+    sb.publish(
+        "customer.message",
+        "sf-live-417-m1",
+        &customer_message(ORG, conv, "m-417", text),
+    )
+    .await
+    .unwrap();
+    until_done(&env, ORG, conv, "sf-live-417-m1").await;
+
+    let sends: Vec<_> = sb
+        .sim
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST" && r.path.ends_with("/message") && r.body.contains(text))
+        .collect();
+    let statuses: Vec<u16> = sends.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [417, 202], "refused, then accepted: {statuses:?}");
+    let first: Value = serde_json::from_str(&sends[0].body).unwrap();
+    let second: Value = serde_json::from_str(&sends[1].body).unwrap();
+    assert_eq!(first["isNewMessagingSession"], json!(false));
+    assert_eq!(second["isNewMessagingSession"], json!(true));
+    assert!(
+        second["routingAttributes"].get("_email").is_some(),
+        "the new session is routed like the first: {second}"
+    );
+    assert_eq!(
+        first["message"]["id"], second["message"]["id"],
+        "the same message id both times"
+    );
+    let c = miaw(&sb.sim, &id);
+    assert_eq!(
+        c.customer_messages
+            .iter()
+            .filter(|(_, t)| t == text)
+            .count(),
+        1,
+        "the agent got it once"
+    );
+    assert!(!c.closed, "the conversation is still live");
+    sb.sim.miaw_agent_replies(&id, "Yes, still here.").unwrap();
+    let reply = next_non_queued(&mut widget, conv).await;
+    assert_eq!(agent_text(&reply), "Yes, still here.");
+    assert_eq!(
+        env.queue_depth(escalator::topology::DEAD_LETTER_QUEUE)
+            .await,
+        0,
+        "nothing dead-lettered"
+    );
+    sb.stop().await;
+    env.cleanup().await;
+}
+
 /// The `instance=` a worker process logs at start.
 fn instance_of(w: &WorkerProcess) -> Option<String> {
     // Without colour codes (the log may carry them).

@@ -957,6 +957,16 @@ impl SimHandle {
         with_conv(&self.shared, conversation_id, |m, i| m.end_session(i)).is_some()
     }
 
+    /// The messaging session ends with no event on the stream (an
+    /// inactivity timeout whose end event never reached the client):
+    /// messages get 417 until one starts a new session.
+    pub fn miaw_lapse_session(&self, conversation_id: &str) -> bool {
+        with_conv(&self.shared, conversation_id, |m, i| {
+            m.conversations[i].session_active = false;
+        })
+        .is_some()
+    }
+
     pub fn miaw_queue_position(&self, conversation_id: &str, position: u64) -> bool {
         with_conv(&self.shared, conversation_id, |m, i| {
             m.queue_position(i, position)
