@@ -16,6 +16,7 @@ use lapin::types::{FieldTable, ShortString};
 use lapin::{Acker, Connection};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// Where an inbound message goes.
 #[derive(Debug)]
@@ -306,26 +307,32 @@ async fn forward(
                 .org(&meta.org_id)
                 .map(|o| o.provider.as_str())
                 .unwrap_or("unknown");
+            // The span is attached to the future, never entered across an
+            // await (a guard held over an await leaks it into whatever else
+            // the thread polls, and closes it on another thread).
             let span = tracing::info_span!("route", org_id = %meta.org_id, conversation_id = %meta.conversation_id, provider, routing_key, shard);
-            let _g = span.enter();
-            match &meta.rejection {
-                Some(reason) => {
-                    tracing::info!(reason = %reason, "rejected: forwarding to its shard, to be dead-lettered there and reported to the widget")
+            async {
+                match &meta.rejection {
+                    Some(reason) => {
+                        tracing::info!(reason = %reason, "rejected: forwarding to its shard, to be dead-lettered there and reported to the widget")
+                    }
+                    None => tracing::debug!("forwarding to work shard"),
                 }
-                None => tracing::debug!("forwarding to work shard"),
+                // A producer's expiration stays off internal hops: it would
+                // make the shard's copy expire unprocessed.
+                let props = meta.write(meta::internal_hop(&d.properties));
+                publisher
+                    .start(WORK_EXCHANGE, &shard_key(shard), &d.data, props)
+                    .await
+                    .map(Pending::Forward)
             }
-            // A producer's expiration stays off internal hops: it would make
-            // the shard's copy expire unprocessed.
-            let props = meta.write(meta::internal_hop(&d.properties));
-            publisher
-                .start(WORK_EXCHANGE, &shard_key(shard), &d.data, props)
-                .await
-                .map(Pending::Forward)
+            .instrument(span)
+            .await
         }
         Route::Webhook { org_id, kind } => {
             let span =
                 tracing::info_span!("route", org_id = %org_id, provider = "zendesk", routing_key);
-            let _g = span.enter();
+            async {
             let resolved = super::resolve::zendesk(ctx, &org_id, &d.data).await?;
             let mut pending = Vec::with_capacity(resolved.len());
             for r in resolved {
@@ -347,6 +354,9 @@ async fn forward(
                 );
             }
             Ok(Pending::Forwards(pending))
+            }
+            .instrument(span)
+            .await
         }
         Route::Reject(verdict) => dead_letter::start(
             publisher,

@@ -153,8 +153,15 @@ pub async fn run(
                 continue;
             }
             Some(ended) = lane_tasks.join_next(), if !lane_tasks.is_empty() => {
-                if let Err(e) = ended {
-                    tracing::error!(error = %e, "a lane task failed: its conversation gets a new lane");
+                if let Err(e) = ended
+                    && !e.is_cancelled()
+                {
+                    // A bug. The dead lane's deliveries are unacked and would
+                    // stay so while the conversation's later ones ran in a new
+                    // lane: out of order. A new session gets them all back
+                    // from the broker, in order.
+                    tracing::error!(error = %e, "a lane task failed: rebuilding the session so that its deliveries come back in order");
+                    lost.cancel();
                 }
                 continue;
             }

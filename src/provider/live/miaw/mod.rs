@@ -20,6 +20,7 @@ use serde_json::{Map, Value, json};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
+use tracing::Instrument;
 use uuid::Uuid;
 
 const PROVIDER: &str = "salesforce";
@@ -232,8 +233,9 @@ impl MiawClient {
         rb: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, ProviderError> {
         let span = tracing::debug_span!("provider_request", provider = PROVIDER, operation = op);
-        let _ = span.enter();
-        let (resp, _) = http::execute(&self.http, rb, PROVIDER, op).await?;
+        let (resp, _) = http::execute(&self.http, rb, PROVIDER, op)
+            .instrument(span)
+            .await?;
         Ok(resp)
     }
 
