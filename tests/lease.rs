@@ -340,7 +340,15 @@ async fn a_fenced_off_runner_runs_its_message_again_before_the_next_one() {
         .iter()
         .filter(|r| r.method == "POST" && r.path.starts_with("/api/v2/tickets"))
         .count();
-    assert_eq!(creates, 1, "the ticket was created once, then looked up");
+    assert_eq!(creates, 1, "the ticket was created once");
+    // The fenced run was run again: it looked the ticket up.
+    assert!(
+        sb.sim
+            .requests()
+            .iter()
+            .any(|r| r.method == "GET" && r.path.contains("external_id=")),
+        "the second run looked the ticket up"
+    );
     sb.stop().await;
     env.cleanup().await;
 }
