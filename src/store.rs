@@ -187,7 +187,8 @@ return redis.call('LINDEX', KEYS[1], 0) == ARGV[1] and 1 or 0
 /// The fencing check shared by COMMIT and FINISH (lease key `L`, conversation
 /// hash `C`, lease value `V`, generation `G`): the runner still holds the
 /// lease, or its lease expired and nobody took the conversation since (the
-/// generation did not move).
+/// generation did not move). Otherwise the script returns `{"fenced", lease
+/// found, generation found}` ([`Store::check_fence`] reads it).
 macro_rules! fenced_off {
     ($l:literal, $c:literal, $v:literal, $g:literal) => {
         concat!(
@@ -200,7 +201,10 @@ macro_rules! fenced_off {
             $c,
             ", 'lease_gen') ~= ",
             $g,
-            ") then\n"
+            ") then\n",
+            "  return {'fenced', cur or '', redis.call('HGET', ",
+            $c,
+            ", 'lease_gen') or ''}\nend\n"
         )
     };
 }
@@ -213,9 +217,7 @@ macro_rules! fenced_off {
 /// Returns {"fenced", lease found, generation found} or {"ok", "seq:ms"...}.
 const COMMIT: &str = concat!(
     fenced_off!("KEYS[3]", "KEYS[1]", "ARGV[4]", "ARGV[5]"),
-    r#"  return {'fenced', cur or '', redis.call('HGET', KEYS[1], 'lease_gen') or ''}
-end
-if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'record', ARGV[3]) end
+    r#"if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'record', ARGV[3]) end
 local out = {'ok'}
 for i = 6, #ARGV do
   local v = redis.call('HGET', KEYS[2], ARGV[i])
@@ -238,9 +240,7 @@ return out
 /// now (ms). Returns {"ok"}, or {"fenced", lease found, generation found}.
 const FINISH: &str = concat!(
     fenced_off!("KEYS[3]", "KEYS[4]", "ARGV[4]", "ARGV[5]"),
-    r#"  return {'fenced', cur or '', redis.call('HGET', KEYS[4], 'lease_gen') or ''}
-end
-if ARGV[2] == '1' then redis.call('SET', KEYS[1], ARGV[6], 'EX', ARGV[3]) end
+    r#"if ARGV[2] == '1' then redis.call('SET', KEYS[1], ARGV[6], 'EX', ARGV[3]) end
 redis.call('LREM', KEYS[2], 1, ARGV[1])
 redis.call('HDEL', KEYS[5], ARGV[1])
 if cur then redis.call('DEL', KEYS[3]) end
@@ -549,21 +549,30 @@ impl Store {
         self.key(&lease.org_id, &lease.conversation_id, ":lease")
     }
 
-    /// `lease` was fenced off; `reply` is the script's `{"fenced", lease
-    /// found, generation found}` (what took over, for the log).
-    fn fenced(lease: &Lease, reply: &[String]) -> InfraError {
-        let held = reply.get(1).map(String::as_str).unwrap_or_default();
-        let generation = reply.get(2).map(String::as_str).unwrap_or_default();
-        let found = match (held.split_once(':'), generation) {
-            (Some((g, owner)), _) => format!("lease generation {g} held by {owner}"),
-            (None, "") => "no lease and no conversation state".to_string(),
-            (None, g) => format!("no lease, generation {g}"),
-        };
-        InfraError::Fenced {
-            org_id: lease.org_id.clone(),
-            conversation_id: lease.conversation_id.clone(),
-            generation: lease.generation,
-            found,
+    /// The first word of a COMMIT or FINISH reply: `ok`, or `fenced` (then
+    /// the error names what the check found: lease holder, generation).
+    fn check_fence(lease: &Lease, reply: &[String], what: &str) -> Result<(), InfraError> {
+        match reply.first().map(String::as_str) {
+            Some("ok") => Ok(()),
+            Some("fenced") => {
+                let held = reply.get(1).map(String::as_str).unwrap_or_default();
+                let generation = reply.get(2).map(String::as_str).unwrap_or_default();
+                let found = match (held.split_once(':'), generation) {
+                    (Some((g, owner)), _) => format!("lease generation {g} held by {owner}"),
+                    (None, "") => "no lease and no conversation state".to_string(),
+                    (None, g) => format!("no lease, generation {g}"),
+                };
+                Err(InfraError::Fenced {
+                    org_id: lease.org_id.clone(),
+                    conversation_id: lease.conversation_id.clone(),
+                    generation: lease.generation,
+                    found,
+                })
+            }
+            _ => Err(InfraError::Corrupt(format!(
+                "unexpected {what} reply for {}/{}",
+                lease.org_id, lease.conversation_id
+            ))),
         }
     }
 
@@ -602,15 +611,7 @@ impl Store {
         }
         let mut c = self.conn.clone();
         let values: Vec<String> = script.invoke_async(&mut c).await?;
-        match values.first().map(String::as_str) {
-            Some("ok") => {}
-            Some("fenced") => return Err(Self::fenced(lease, &values)),
-            _ => {
-                return Err(InfraError::Corrupt(format!(
-                    "unexpected commit reply for {org}/{conv}"
-                )));
-            }
-        }
+        Self::check_fence(lease, &values, "commit")?;
         values[1..]
             .iter()
             .map(|v| {
@@ -653,13 +654,7 @@ impl Store {
             .arg(Utc::now().timestamp_millis())
             .invoke_async(&mut c)
             .await?;
-        match reply.first().map(String::as_str) {
-            Some("ok") => Ok(()),
-            Some("fenced") => Err(Self::fenced(lease, &reply)),
-            _ => Err(InfraError::Corrupt(format!(
-                "unexpected finish reply for {org}/{conv}"
-            ))),
-        }
+        Self::check_fence(lease, &reply, "finish")
     }
 
     /// Record that an effect is about to be attempted. Returns the time of an

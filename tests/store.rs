@@ -225,9 +225,19 @@ async fn a_fenced_off_runner_commits_and_finishes_nothing() {
         matches!(commit, Err(InfraError::Fenced { .. })),
         "{commit:?}"
     );
+    // The error says who holds the conversation now (for the log).
+    let holder = format!("lease generation {} held by w2", new.generation);
+    assert!(
+        matches!(&commit, Err(InfraError::Fenced { found, .. }) if *found == holder),
+        "{commit:?}"
+    );
     let finish = store.finish(&old, "m1", true).await;
     assert!(
         matches!(finish, Err(InfraError::Fenced { .. })),
+        "{finish:?}"
+    );
+    assert!(
+        matches!(&finish, Err(InfraError::Fenced { found, .. }) if *found == holder),
         "{finish:?}"
     );
     assert!(!store.renew(&old, Duration::from_secs(20)).await.unwrap());

@@ -307,56 +307,18 @@ async fn forward(
                 .org(&meta.org_id)
                 .map(|o| o.provider.as_str())
                 .unwrap_or("unknown");
-            // The span is attached to the future, never entered across an
-            // await (a guard held over an await leaks it into whatever else
-            // the thread polls, and closes it on another thread).
+            // Spans are attached to the futures, never entered across an
+            // await (a guard held over an await leaks the span into whatever
+            // else the thread polls, and closes it on another thread).
             let span = tracing::info_span!("route", org_id = %meta.org_id, conversation_id = %meta.conversation_id, provider, routing_key, shard);
-            async {
-                match &meta.rejection {
-                    Some(reason) => {
-                        tracing::info!(reason = %reason, "rejected: forwarding to its shard, to be dead-lettered there and reported to the widget")
-                    }
-                    None => tracing::debug!("forwarding to work shard"),
-                }
-                // A producer's expiration stays off internal hops: it would
-                // make the shard's copy expire unprocessed.
-                let props = meta.write(meta::internal_hop(&d.properties));
-                publisher
-                    .start(WORK_EXCHANGE, &shard_key(shard), &d.data, props)
-                    .await
-                    .map(Pending::Forward)
-            }
-            .instrument(span)
-            .await
+            to_shard(publisher, d, shard, &meta).instrument(span).await
         }
         Route::Webhook { org_id, kind } => {
             let span =
                 tracing::info_span!("route", org_id = %org_id, provider = "zendesk", routing_key);
-            async {
-            let resolved = super::resolve::zendesk(ctx, &org_id, &d.data).await?;
-            let mut pending = Vec::with_capacity(resolved.len());
-            for r in resolved {
-                tracing::debug!(conversation_id = %r.conversation_id, "forwarding webhook event to its conversation's shard");
-                let meta = Meta {
-                    routing_key: kind.routing_key().to_string(),
-                    dedupe_id: r.dedupe_id,
-                    org_id: org_id.clone(),
-                    conversation_id: r.conversation_id,
-                    provider_event: Some(r.index),
-                    ..Meta::default()
-                };
-                let shard = shard_of(&meta.org_id, &meta.conversation_id, ctx.settings.shards);
-                let props = meta.write(meta::internal_hop(&d.properties));
-                pending.push(
-                    publisher
-                        .start(WORK_EXCHANGE, &shard_key(shard), &d.data, props)
-                        .await?,
-                );
-            }
-            Ok(Pending::Forwards(pending))
-            }
-            .instrument(span)
-            .await
+            webhook_to_shards(ctx, publisher, d, &org_id, kind)
+                .instrument(span)
+                .await
         }
         Route::Reject(verdict) => dead_letter::start(
             publisher,
@@ -369,4 +331,57 @@ async fn forward(
         .await
         .map(Pending::DeadLetter),
     }
+}
+
+/// Forward an inbound message to its conversation's work shard.
+async fn to_shard(
+    publisher: &Publisher,
+    d: &Delivery,
+    shard: u16,
+    meta: &Meta,
+) -> Result<Pending, InfraError> {
+    match &meta.rejection {
+        Some(reason) => {
+            tracing::info!(reason = %reason, "rejected: forwarding to its shard, to be dead-lettered there and reported to the widget")
+        }
+        None => tracing::debug!("forwarding to work shard"),
+    }
+    // A producer's expiration stays off internal hops: it would make the
+    // shard's copy expire unprocessed.
+    let props = meta.write(meta::internal_hop(&d.properties));
+    publisher
+        .start(WORK_EXCHANGE, &shard_key(shard), &d.data, props)
+        .await
+        .map(Pending::Forward)
+}
+
+/// Forward each event of a Zendesk webhook body to its conversation's shard.
+async fn webhook_to_shards(
+    ctx: &Context,
+    publisher: &Publisher,
+    d: &Delivery,
+    org_id: &str,
+    kind: InboundKind,
+) -> Result<Pending, InfraError> {
+    let resolved = super::resolve::zendesk(ctx, org_id, &d.data).await?;
+    let mut pending = Vec::with_capacity(resolved.len());
+    for r in resolved {
+        tracing::debug!(conversation_id = %r.conversation_id, "forwarding webhook event to its conversation's shard");
+        let meta = Meta {
+            routing_key: kind.routing_key().to_string(),
+            dedupe_id: r.dedupe_id,
+            org_id: org_id.to_string(),
+            conversation_id: r.conversation_id,
+            provider_event: Some(r.index),
+            ..Meta::default()
+        };
+        let shard = shard_of(&meta.org_id, &meta.conversation_id, ctx.settings.shards);
+        let props = meta.write(meta::internal_hop(&d.properties));
+        pending.push(
+            publisher
+                .start(WORK_EXCHANGE, &shard_key(shard), &d.data, props)
+                .await?,
+        );
+    }
+    Ok(Pending::Forwards(pending))
 }
